@@ -1,0 +1,255 @@
+"""The ``dployr-agent`` command: serve, user, token, config check, version.
+
+Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import os
+import secrets
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.auth.principal import ROLES
+from agent.config import AgentConfig, ConfigError, load_config, parse_listen
+
+__all__ = ["main"]
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"dployr-agent: {message}", file=sys.stderr)
+    return code
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    return load_config(Path(args.config) if args.config else None)
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from agent.logconfig import configure_logging
+    from agent.store import StoreError
+
+    config = _config(args)
+    configure_logging(config.logging.level, config.logging.format)
+    os.umask(0o077)
+    try:
+        asyncio.run(_serve(config))
+    except StoreError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot start: {exc.strerror or exc}")
+    return 0
+
+
+async def _serve(config: AgentConfig) -> None:
+    import structlog
+    from aiohttp import web
+
+    from agent.app import AdminSeed, create_app
+    from agent.sdnotify import Notifier
+
+    log = structlog.get_logger("agent")
+    notifier = Notifier()
+    admin = AdminSeed(email=os.environ.get("DPLOYR_ADMIN_EMAIL") or "admin@localhost",
+                      password=os.environ.get("DPLOYR_ADMIN_PASSWORD") or None)
+    app = create_app(config, admin=admin)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=config.server.shutdown_timeout,
+                           keepalive_timeout=config.server.keepalive_timeout)
+    await runner.setup()
+    host, port = parse_listen(config.server.listen)
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await site.start()
+        log.info("agent_listening", address=config.server.listen, version=__version__)
+        notifier.notify("READY=1")
+        async with notifier.watchdog():
+            await stop.wait()
+    finally:
+        # Stop accepting, let in-flight requests finish, tear down (apps keep running).
+        notifier.notify("STOPPING=1")
+        log.info("agent_stopping")
+        await runner.cleanup()
+        log.info("agent_stopped")
+
+
+# -- users and tokens (straight on the store; safe while the agent runs: SQLite WAL) ---------
+
+def _open_store(config: AgentConfig) -> sqlite3.Connection:
+    from agent.store import connect
+    return connect(config.state.dir / "agent.db", check=False)
+
+
+def _hasher(config: AgentConfig) -> Callable[[str], str]:
+    from argon2 import PasswordHasher
+    ph = PasswordHasher(time_cost=config.auth.hash_time_cost, memory_cost=config.auth.hash_memory_kib,
+                        parallelism=config.auth.hash_parallelism)
+    return ph.hash
+
+
+def _read_password(args: argparse.Namespace, config: AgentConfig) -> tuple[str, bool]:
+    """The new password and whether it was generated (and so must be shown)."""
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("the passwords differ")
+    else:
+        return secrets.token_urlsafe(18), True
+    if len(password) < config.auth.password_min_length:
+        raise ValueError(f"the password needs at least {config.auth.password_min_length} characters")
+    return password, False
+
+
+def _cmd_user(args: argparse.Namespace) -> int:
+    from agent.auth import users
+
+    config = _config(args)
+    conn = _open_store(config)
+    now = time.time()
+    try:
+        if args.action == "list":
+            for user in users.list_users(conn):
+                print(f"{user.id}\t{user.email}\t{user.role}")
+            return 0
+        if args.action == "remove":
+            return 0 if users.remove_user(conn, args.email) else _fail(f"no user {args.email}")
+        try:
+            password, generated = _read_password(args, config)
+        except ValueError as exc:
+            return _fail(str(exc), 2)
+        password_hash = _hasher(config)(password)
+        if args.action == "add":
+            try:
+                with conn:
+                    user = users.add_user(conn, email=args.email, password_hash=password_hash,
+                                          role=args.role, now=now)
+            except ValueError as exc:
+                return _fail(f"{args.email}: {exc}", 2)
+            except sqlite3.IntegrityError:
+                return _fail(f"a user {args.email} already exists")
+            print(f"added {user.email} ({user.role}) as {user.id}")
+        else:
+            with conn:
+                if not users.set_password(conn, args.email, password_hash, now=now):
+                    return _fail(f"no user {args.email}")
+            print(f"password changed for {args.email}; their sessions were ended")
+        if generated:
+            print(f"password: {password}")
+        return 0
+    finally:
+        conn.close()
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from agent.auth import users
+
+    config = _config(args)
+    conn = _open_store(config)
+    try:
+        if args.action == "create":
+            with conn:
+                token, plain = users.create_token(conn, name=args.name, role=args.role,
+                                                  now=time.time())
+            print(f"created {token.id} ({token.role}); the token is shown only now:",
+                  file=sys.stderr)
+            print(plain)
+        elif args.action == "list":
+            for tok in users.list_tokens(conn):
+                state = "revoked" if tok.revoked_at else "active"
+                print(f"{tok.id}\t{tok.name}\t{tok.role}\t{state}")
+        else:
+            with conn:
+                if not users.revoke_token(conn, args.id, now=time.time()):
+                    return _fail(f"no active token {args.id}")
+            print(f"revoked {args.id}")
+        return 0
+    finally:
+        conn.close()
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(f"config ok: listen {config.server.listen}, state dir {config.state.dir}")
+    return 0
+
+
+def _cmd_version(_args: argparse.Namespace) -> int:
+    print(f"dployr-agent {__version__}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", metavar="PATH",
+                        help="TOML config file (default: embedded defaults)")
+    parser = argparse.ArgumentParser(prog="dployr-agent", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", parents=[common], help="run the agent").set_defaults(run=_cmd_serve)
+    sub.add_parser("version", help="print the version").set_defaults(run=_cmd_version)
+
+    cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
+    cfg.add_parser("check", parents=[common], help="validate the configuration").set_defaults(
+        run=_cmd_config)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    add = user.add_parser("add", parents=[common], help="add a user")
+    add.add_argument("email")
+    add.add_argument("--role", choices=ROLES, default="developer")
+    passwd = user.add_parser("passwd", parents=[common], help="change a user's password")
+    passwd.add_argument("email")
+    for cmd in (add, passwd):
+        cmd.add_argument("--password-stdin", action="store_true",
+                         help="read the password from stdin (otherwise prompt, or generate one)")
+    user.add_parser("list", parents=[common], help="list users")
+    user.add_parser("remove", parents=[common], help="remove a user").add_argument("email")
+    for cmd in user.choices.values():
+        cmd.set_defaults(run=_cmd_user)
+
+    token = sub.add_parser("token", help="manage machine tokens").add_subparsers(
+        dest="action", required=True)
+    create = token.add_parser("create", parents=[common], help="create a token (printed once)")
+    create.add_argument("name")
+    create.add_argument("--role", choices=ROLES, default="developer")
+    token.add_parser("list", parents=[common], help="list tokens")
+    token.add_parser("revoke", parents=[common], help="revoke a token").add_argument("id")
+    for cmd in token.choices.values():
+        cmd.set_defaults(run=_cmd_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = _parser().parse_args(argv)
+    from agent.store import StoreError
+
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    except StoreError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return code

@@ -1,0 +1,1 @@
+"""The deploy pipeline: fetch, toolchain, build, release."""

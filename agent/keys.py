@@ -1,0 +1,45 @@
+"""Typed keys for everything stored on the application or a request. Nothing is global."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from agent.auth import AuthService, Principal
+from agent.auth.accounts import AccountService
+from agent.clock import Clock
+from agent.config import AgentConfig
+from agent.events import EventBus
+from agent.projects import ProjectService
+from agent.ratelimit import Decision, RateLimits
+from agent.store import Database
+
+__all__ = [
+    "ACCOUNTS_KEY",
+    "AUTH_KEY",
+    "BUS_KEY",
+    "CLOCK_KEY",
+    "CONFIG_KEY",
+    "DB_KEY",
+    "OPENAPI_KEY",
+    "PRINCIPAL_KEY",
+    "PROJECTS_KEY",
+    "RATE_DECISION_KEY",
+    "RATE_LIMITS_KEY",
+    "REQUEST_ID_KEY",
+    "STARTED_AT_KEY",
+]
+
+CONFIG_KEY = web.AppKey("config", AgentConfig)
+CLOCK_KEY = web.AppKey("clock", Clock)
+BUS_KEY = web.AppKey("bus", EventBus)
+DB_KEY = web.AppKey("db", Database)
+AUTH_KEY = web.AppKey("auth", AuthService)
+RATE_LIMITS_KEY = web.AppKey("rate_limits", RateLimits)
+STARTED_AT_KEY = web.AppKey("started_at", float)
+
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+RATE_DECISION_KEY = web.RequestKey("rate_decision", Decision)
+PROJECTS_KEY = web.AppKey("projects", ProjectService)
+ACCOUNTS_KEY = web.AppKey("accounts", AccountService)
+OPENAPI_KEY = web.AppKey("openapi", bytes)

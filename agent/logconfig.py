@@ -1,0 +1,86 @@
+"""The agent's own log: structlog, JSON when stderr is not a terminal, secrets redacted.
+
+Called once by the CLI (never at import). Records from the standard library (aiohttp's
+internals) go through the same renderer. No traceback is ever written: an exception shows
+as its type and where it was raised, because exception texts and frames can hold secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import traceback
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["REDACTED", "configure_logging", "redact"]
+
+REDACTED = "[redacted]"
+_SENSITIVE = re.compile(
+    r"(^|_)(password|passwd|secret|token|authorization|cookie|api_key|credentials?)$",
+    re.IGNORECASE)
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: blank the value of any key that names a secret."""
+    for key in event_dict:
+        if _SENSITIVE.search(key):
+            event_dict[key] = REDACTED
+    return event_dict
+
+
+EventDict = MutableMapping[str, Any]
+
+
+def _drop_exc_info(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
+    exc_info = event_dict.pop("exc_info", None)
+    event_dict.pop("exception", None)
+    if exc_info:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if exc is not None:
+            event_dict["error_type"] = type(exc).__name__
+            frames = traceback.extract_tb(exc.__traceback__)
+            if frames:
+                event_dict["where"] = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}"
+    return event_dict
+
+
+class _StdlibBridge(logging.Handler):
+    """Sends standard-library records through structlog, without tracebacks or arguments."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = structlog.get_logger(record.name)
+        fields: dict[str, Any] = {}
+        if record.exc_info and record.exc_info[1] is not None:
+            fields["exc_info"] = record.exc_info[1]
+        # The format string only: arguments may carry request data.
+        log.log(record.levelno, "library_log", message=str(record.msg)[:200], **fields)
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog (and route the standard library's logging through it)."""
+    stream = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    renderer: Any = (structlog.processors.JSONRenderer() if use_json
+                     else structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            _drop_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [_StdlibBridge()]
+    root.setLevel(max(_LEVELS[level], logging.WARNING))

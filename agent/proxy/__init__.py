@@ -1,0 +1,1 @@
+"""Proxy routes: the built-in reverse proxy and the Caddy backend."""

@@ -1,0 +1,12 @@
+"""Persistent state in SQLite: the database, its migrations and one repository per table group."""
+
+from agent.store.db import (
+    Database,
+    StoreError,
+    Tx,
+    connect,
+    ensure_private_dir,
+    ensure_private_file,
+)
+
+__all__ = ["Database", "StoreError", "Tx", "connect", "ensure_private_dir", "ensure_private_file"]

@@ -1,0 +1,193 @@
+"""The SQLite database: WAL, ``synchronous=FULL``, one writer thread, inline reads.
+
+Writes (and their fsyncs) run on a single dedicated thread, one transaction at a time, so the
+event loop never waits on the disk and writers never contend. Reads use a second connection on
+the event loop's thread: in WAL mode a reader never waits for a writer and a small indexed
+query costs microseconds, far less than a hop to a thread. Heavy reads (scans, exports) should
+go through ``read_in_thread``.
+
+A write is acknowledged only after its COMMIT returned, and with ``synchronous=FULL`` a commit
+survives a kill -9 or a power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.clock import Clock, SystemClock
+from agent.events import Event, EventBus
+from agent.ids import new_id
+from agent.store.migrations import migrate
+
+__all__ = ["Database", "StoreError", "Tx", "connect", "ensure_private_dir", "ensure_private_file"]
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The database cannot be opened or is corrupt; the message says what to do."""
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if needed and make it 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
+def ensure_private_file(path: Path) -> None:
+    """Create ``path`` empty if it does not exist and make it 0600."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    path.chmod(0o600)
+
+
+def connect(path: Path, *, check: bool = True) -> sqlite3.Connection:
+    """Open the database file, set the pragmas, check integrity and apply migrations.
+
+    For synchronous users (the CLI) and for the writer thread. Raises StoreError when the
+    file is not a usable database.
+    """
+    ensure_private_dir(path.parent)
+    ensure_private_file(path)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        if check:
+            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            if result != ["ok"]:
+                conn.close()
+                raise StoreError(
+                    f"the database {path} is corrupt ({'; '.join(result[:3])}); "
+                    "restore it from a backup or move it away to start empty")
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot use the database {path}: {exc}") from None
+    return conn
+
+
+def _reader(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                           check_same_thread=False, timeout=5)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class Tx:
+    """One write transaction. ``emit`` adds an event to the outbox in the same transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
+        self.conn = conn
+        self._clock = clock
+        self.events: list[Event] = []
+
+    def execute(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        """Run one statement inside the transaction."""
+        return self.conn.execute(sql, params)  # type: ignore[arg-type]
+
+    def emit(self, type: str, data: dict[str, Any]) -> Event:
+        """Record an event; it is published to the bus only if the transaction commits."""
+        event_id = new_id("evt")
+        timestamp = self._clock.time()
+        cur = self.conn.execute(
+            "INSERT INTO events (id, type, created_at, data) VALUES (?, ?, ?, ?)",
+            (event_id, type, timestamp, json.dumps(data, separators=(",", ":"))),
+        )
+        event = Event(seq=int(cur.lastrowid or 0), id=event_id, type=type, timestamp=timestamp,
+                      data=data)
+        self.events.append(event)
+        return event
+
+
+class Database:
+    """The agent's store. ``open`` before use, ``close`` at shutdown."""
+
+    def __init__(self, path: Path, *, bus: EventBus | None = None,
+                 clock: Clock | None = None) -> None:
+        self.path = path
+        self.bus = bus or EventBus()
+        self.clock: Clock = clock or SystemClock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        """Open (creating and migrating if needed); raises StoreError on corruption."""
+        loop = asyncio.get_running_loop()
+
+        self._writer = await loop.run_in_executor(self._executor, connect, self.path)
+        self._reader = _reader(self.path)
+
+    async def close(self) -> None:
+        """Finish pending writes and close both connections."""
+        loop = asyncio.get_running_loop()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await loop.run_in_executor(self._executor, writer.close)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._executor.shutdown(wait=True)
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        """The read connection, for small indexed queries on the event loop's thread."""
+        if self._reader is None:
+            raise StoreError("the database is not open")
+        return self._reader
+
+    def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        """Run a small read inline and return all rows."""
+        return self.reader.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def query_one(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> sqlite3.Row | None:
+        """Run a small read inline and return the first row, or None."""
+        row: sqlite3.Row | None = self.reader.execute(sql, params).fetchone()  # type: ignore[arg-type]
+        return row
+
+    async def read_in_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a heavy read on the writer's thread (serialized with writes)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(self._require_writer()))
+
+    def _require_writer(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise StoreError("the database is not open")
+        return self._writer
+
+    def _run_tx(self, fn: Callable[[Tx], T]) -> tuple[T, list[Event]]:
+        conn = self._require_writer()
+        tx = Tx(conn, self.clock)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(tx)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result, tx.events
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in one transaction on the writer thread and commit it.
+
+        ``fn`` must be synchronous and quick. When this returns the change is durable, and the
+        events ``fn`` emitted have been published on the bus. If ``fn`` raises, nothing of it
+        is kept and the exception propagates.
+        """
+        loop = asyncio.get_running_loop()
+        result, events = await loop.run_in_executor(self._executor, self._run_tx, fn)
+        for event in events:
+            self.bus.publish(event)
+        return result

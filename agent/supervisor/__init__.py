@@ -1,0 +1,1 @@
+"""Process and container supervision: states, restart policy, runtimes."""

@@ -1,7 +1,8 @@
-"""Numbered schema migrations: ``agent/store/sql/NNNN_name.sql``, applied in order.
+"""Numbered schema migrations: ``agent/store/sql/NNNN_name.sql``, applied in number order.
 
-The schema version is SQLite's ``user_version``. Each file runs in its own transaction
-together with the version bump, so a crash mid-migration leaves the previous version intact.
+Applied migrations are recorded by number in ``schema_migrations``, so numbers may have gaps
+and a migration merged later with a lower number is still applied. Each file runs in one
+transaction together with its record, so a crash mid-migration leaves no half-applied file.
 Files are never edited once released: a change to the schema is a new file.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from dataclasses import dataclass
 from importlib import resources
 
@@ -25,31 +27,45 @@ class Migration:
 
 
 def load_migrations() -> list[Migration]:
-    """Every migration shipped with the package, in version order; versions must be 1..N."""
+    """Every migration shipped with the package, in version order; numbers must be unique."""
     found: list[Migration] = []
     for entry in resources.files("agent.store.sql").iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
-    expected = list(range(1, len(found) + 1))
-    if [m.version for m in found] != expected:
-        raise RuntimeError(f"migration numbers must run 1..{len(found)} without gaps")
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError("two migrations share a number")
     return found
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every pending migration; return the schema version reached.
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply every pending migration; return the versions applied now.
 
-    Refuses a database written by a newer agent (its version is above ours).
+    Refuses a database that has migrations this agent does not know (written by a newer one).
     """
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                 " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
     migrations = load_migrations()
-    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    latest = migrations[-1].version if migrations else 0
-    if current > latest:
+    applied = {int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations")}
+    unknown = applied - {m.version for m in migrations}
+    if unknown:
         raise sqlite3.DatabaseError(
-            f"schema version {current} is newer than this agent knows ({latest}); upgrade the agent")
-    for migration in migrations[current:]:
-        conn.executescript(
-            f"BEGIN IMMEDIATE;\n{migration.sql}\nPRAGMA user_version = {migration.version};\nCOMMIT;")
-    return latest
+            f"the database has migrations {sorted(unknown)} this agent does not know; "
+            "upgrade the agent")
+    done: list[int] = []
+    for migration in migrations:
+        if migration.version in applied:
+            continue
+        script = (f"BEGIN IMMEDIATE;\n{migration.sql}\n"
+                  f"INSERT INTO schema_migrations VALUES ({migration.version}, '{migration.name}', "
+                  f"{time.time()});\nCOMMIT;")
+        try:
+            conn.executescript(script)
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        done.append(migration.version)
+    return done

@@ -1,0 +1,1 @@
+"""Shared test helpers: configs, logins, the live agent process, deadline polling."""

@@ -25,7 +25,6 @@ requirements.txt`` for Python when that file exists, ``npm install`` for Node.js
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ import structlog
 from agent.clock import Clock
 from agent.deploy.errors import BuildFailed
 from agent.deploy.logfile import DeployLog
+from agent.deploy.procs import signal_group, spawn_grouped, terminate_group
 from agent.deploy.toolchains import Toolchain
 
 __all__ = ["BuildResult", "Builder", "RuntimeEnv", "default_build_cmd"]
@@ -167,36 +167,35 @@ class Builder:
                        deploy_log: DeployLog, time_limit: float) -> BuildResult:
         started = self._clock.monotonic()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True)
+            child = await spawn_grouped(argv, env=env, cwd=cwd)
         except OSError as exc:
             deploy_log.write([f"cannot run the build: {exc.strerror or type(exc).__name__}"])
             return BuildResult(command, 127, 0.0)
-        assert proc.stdout is not None
-        pump = asyncio.create_task(_pump(proc.stdout, deploy_log))
+        pump = asyncio.create_task(_pump(child.output, deploy_log))
         timed_out = False
         try:
             try:
                 async with asyncio.timeout(time_limit):
-                    await proc.wait()
+                    await child.process.wait()
             except TimeoutError:
                 timed_out = True
-                await _terminate_group(proc, self._grace)
+                await terminate_group(child.process, self._grace)
         except asyncio.CancelledError:
-            _signal_group(proc.pid, signal.SIGKILL)
-            await asyncio.shield(proc.wait())
+            signal_group(child.pid, signal.SIGKILL)
+            await asyncio.shield(child.process.wait())
             pump.cancel()
+            child.close()
             raise
-        _signal_group(proc.pid, signal.SIGKILL)  # leftovers: `cmd &` must not outlive the build
+        signal_group(child.pid, signal.SIGKILL)  # leftovers: `cmd &` must not outlive the build
         try:
             await asyncio.wait_for(asyncio.shield(pump), 5.0)
         except TimeoutError:
             pump.cancel()  # a process that left the group still holds the pipe
+        finally:
+            child.close()
         duration = self._clock.monotonic() - started
-        code = None if timed_out else proc.returncode
-        log.info("build_finished", command_kind=argv[0], exit_code=code, timed_out=timed_out,
+        code = None if timed_out else child.process.returncode
+        log.info("build_finished", program=argv[0], exit_code=code, timed_out=timed_out,
                  seconds=round(duration, 2))
         return BuildResult(command, code, duration, timed_out)
 
@@ -213,17 +212,3 @@ async def _pump(stream: asyncio.StreamReader, deploy_log: DeployLog) -> None:
             deploy_log.write([ln.decode("utf-8", errors="replace") for ln in lines], "build")
     if partial:
         deploy_log.write([partial.decode("utf-8", errors="replace")], "build")
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-async def _terminate_group(proc: asyncio.subprocess.Process, grace: float) -> None:
-    """SIGTERM the group, wait ``grace`` seconds for the leader, then SIGKILL the group."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), grace)
-    _signal_group(proc.pid, signal.SIGKILL)
-    await proc.wait()

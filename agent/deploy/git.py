@@ -45,6 +45,7 @@ from agent.deploy.errors import (
     scrub,
 )
 from agent.deploy.logfile import LineSink
+from agent.deploy.procs import signal_group, spawn_grouped
 from agent.deploy.remote import Remote, validate_branch
 
 __all__ = ["FetchResult", "GitFetcher"]
@@ -183,32 +184,35 @@ async def _run(argv: list[str], env: dict[str, str], time_limit: float) -> tuple
     The whole group is killed on timeout or cancellation, and after the command ends (so
     nothing it started, such as an ssh ControlMaster, outlives it).
     """
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-    assert proc.stdout is not None
+    child = await spawn_grouped(argv, env=env)
     tail = bytearray()
+
+    async def _read() -> None:
+        while chunk := await child.output.read(65536):
+            tail.extend(chunk)
+            del tail[:-_OUTPUT_LIMIT]
+
+    reader = asyncio.create_task(_read())
+    code: int | None
     try:
         async with asyncio.timeout(time_limit):
-            while chunk := await proc.stdout.read(65536):
-                tail += chunk
-                del tail[:-_OUTPUT_LIMIT]
-            code = await proc.wait()
+            code = await child.process.wait()
     except TimeoutError:
-        _kill_group(proc.pid)
-        await proc.wait()
-        return None, ""
+        signal_group(child.pid, signal.SIGKILL)
+        await child.process.wait()
+        code = None
     except asyncio.CancelledError:
-        _kill_group(proc.pid)
-        await asyncio.shield(proc.wait())
+        signal_group(child.pid, signal.SIGKILL)
+        await asyncio.shield(child.process.wait())
+        reader.cancel()
+        child.close()
         raise
-    _kill_group(proc.pid)
+    signal_group(child.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(reader), 5.0)
+    reader.cancel()
+    child.close()
     return code, tail.decode("utf-8", errors="replace")
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def _remove(dest: Path) -> None:

@@ -89,7 +89,7 @@ class Provisioner(Protocol):
 def parse_version(text: str) -> tuple[int, ...]:
     """``"20.11.1"`` -> ``(20, 11, 1)``; a leading ``v``/``go`` is ignored."""
     text = text.strip().removeprefix("v").removeprefix("go")
-    return tuple(int(part) for part in text.split("."))
+    return tuple(int(part) for part in text.split(".")) if text else ()
 
 
 def validate_version(runtime: str, version: str) -> str:
@@ -166,7 +166,7 @@ class ToolchainResolver:
                 versions += [v for v in await provisioner.versions() if v not in versions]
             except ToolchainError as exc:
                 log.warning("toolchain_registry_unavailable", runtime=runtime, reason=exc.reason)
-        return sorted(set(versions), key=lambda v: parse_version(v) if v else (), reverse=True)
+        return sorted(set(versions), key=parse_version, reverse=True)
 
     async def check(self, runtime: str, version: str) -> None:
         """Raise a 400 on ``version`` unless ``runtime@version`` is installed or provisionable.
@@ -190,6 +190,8 @@ class ToolchainResolver:
         ``ToolchainError`` when provisioning fails.
         """
         validate_version(runtime, version)
+        if runtime == "static":
+            return Toolchain("static", "")
         installed = await self.installed(runtime)
         best = newest_match(version, [tc.version for tc in installed])
         if best is not None:
@@ -238,11 +240,12 @@ class ToolchainResolver:
         return found
 
     async def _probe(self, runtime: str) -> list[Toolchain]:
+        candidates = await asyncio.to_thread(self._candidates, runtime)
+        probed = await asyncio.gather(*(_probe_one(runtime, c) for c in candidates))
         results: dict[str, Toolchain] = {}
-        for candidate in await asyncio.to_thread(self._candidates, runtime):
-            probed = await _probe_one(runtime, candidate)
-            if probed is not None and probed.version not in results:
-                results[probed.version] = probed
+        for toolchain in probed:  # in PATH order: the first of equal versions wins
+            if toolchain is not None and toolchain.version not in results:
+                results[toolchain.version] = toolchain
         return list(results.values())
 
 

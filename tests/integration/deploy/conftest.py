@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.deploy import Rig, make_rig
 from tests.support.git import GitDaemon, GitRepo, SmartHttpGit
 
 
@@ -50,3 +51,10 @@ async def http_git(repos_root: Path) -> AsyncIterator[SmartHttpGit]:
 def shared_toolchains(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A toolchains dir shared by the whole session: real Node.js downloads happen once."""
     return tmp_path_factory.mktemp("toolchains")
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, shared_toolchains: Path) -> AsyncIterator[Rig]:
+    """A pipeline of real parts with a FakeStarter, recording every status change."""
+    async with make_rig(tmp_path, shared_toolchains) as built:
+        yield built

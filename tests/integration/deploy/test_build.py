@@ -44,7 +44,8 @@ async def test_successful_build_logs_output(tmp_path: Path, builder: Builder, de
     assert oct((tmp_path / "logs" / "deploy.log").stat().st_mode & 0o777) == "0o600"
 
 
-async def test_failed_build_reports_exit_code(tmp_path: Path, builder: Builder, deploy_log: DeployLog) -> None:
+async def test_failed_build_reports_exit_code(tmp_path: Path, builder: Builder,
+                                              deploy_log: DeployLog) -> None:
     """A failing command gives its exit code and the log says so."""
     result = await builder.run("echo compiling; exit 3", cwd=tmp_path, runtime_env=RuntimeEnv(),
                                env={}, deploy_log=deploy_log)
@@ -96,7 +97,8 @@ async def test_background_leftovers_killed_after_success(tmp_path: Path, builder
     wait_until(lambda: not _alive(pid), timeout=10, message="the leftover sleep to be killed")
 
 
-async def test_python_release_gets_its_own_venv(tmp_path: Path, builder: Builder, deploy_log: DeployLog) -> None:
+async def test_python_release_gets_its_own_venv(tmp_path: Path, builder: Builder,
+                                                deploy_log: DeployLog) -> None:
     """A Python toolchain prepares <release>/venv; the build's python and pip are the venv's."""
     toolchain = await ToolchainResolver(tmp_path / "tc").resolve("python", "3.11")
     release = tmp_path / "release"
@@ -104,15 +106,17 @@ async def test_python_release_gets_its_own_venv(tmp_path: Path, builder: Builder
     runtime_env = await builder.prepare(toolchain, release, deploy_log)
     assert runtime_env.path_dirs[0] == str(release / "venv" / "bin")
     assert runtime_env.variables["VIRTUAL_ENV"] == str(release / "venv")
-    result = await builder.run('python -c "import sys; print(sys.prefix)"; pip --version', cwd=release / "app",
-                               runtime_env=runtime_env, env={}, deploy_log=deploy_log)
+    result = await builder.run('python -c "import sys; print(sys.prefix)"; pip --version',
+                               cwd=release / "app", runtime_env=runtime_env, env={},
+                               deploy_log=deploy_log)
     assert result.ok
     lines = build_lines(deploy_log)
     assert str(release / "venv") in lines
     assert any(ln.startswith("pip ") and str(release / "venv") in ln for ln in lines)
 
 
-async def test_venv_failure_is_a_build_failure(tmp_path: Path, builder: Builder, deploy_log: DeployLog) -> None:
+async def test_venv_failure_is_a_build_failure(tmp_path: Path, builder: Builder,
+                                               deploy_log: DeployLog) -> None:
     """An interpreter that cannot make a venv fails the build with its exit code."""
     broken = tmp_path / "bin" / "python3"
     broken.parent.mkdir()

@@ -25,7 +25,8 @@ def fetcher(tmp_path: Path, **kwargs: object) -> GitFetcher:
     return GitFetcher(**options)  # type: ignore[arg-type]
 
 
-async def test_clone_over_git_daemon_records_sha(tmp_path: Path, daemon: GitDaemon, app_repo: GitRepo) -> None:
+async def test_clone_over_git_daemon_records_sha(tmp_path: Path, daemon: GitDaemon,
+                                                 app_repo: GitRepo) -> None:
     """A git:// clone of a branch returns its tip SHA and checks out its files, without .git."""
     remote = validate_remote(daemon.url("app"), SCHEMES)
     result = await fetcher(tmp_path).fetch(remote, "main", tmp_path / "out")

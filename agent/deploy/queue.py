@@ -87,11 +87,15 @@ class DeployQueue:
         for run in waiting:
             await self._pipeline.fail(run, "The agent stopped before the deploy started; deploy again",
                                       code="interrupted")
-        tasks = [task for _run, task in self._running.values()]
-        for task in tasks:
+        running = list(self._running.values())
+        for _run, task in running:
             task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if running:
+            await asyncio.gather(*(task for _run, task in running), return_exceptions=True)
+        for run, _task in running:
+            if not run.finished:  # cancelled before its first step: it never left the queue
+                await self._pipeline.fail(run, "The agent stopped before the deploy started; "
+                                          "deploy again", code="interrupted")
 
     def _remember(self, run: DeployRun) -> None:
         self._runs[run.id] = run

@@ -32,7 +32,7 @@ import structlog
 
 from agent.deploy.errors import ToolchainError
 from agent.deploy.logfile import LineSink
-from agent.errors import InvalidRequest
+from agent.errors import InvalidRequest, ServiceUnavailable
 
 __all__ = [
     "RUNTIMES",
@@ -171,16 +171,27 @@ class ToolchainResolver:
     async def check(self, runtime: str, version: str) -> None:
         """Raise a 400 on ``version`` unless ``runtime@version`` is installed or provisionable.
 
-        Nothing is downloaded; the registry's version list may be fetched (and cached).
+        Nothing is downloaded; the registry's version list may be fetched (and cached). When
+        the version is not installed and the registry cannot be read, the answer is a 503
+        (``ServiceUnavailable``): the version may well exist, so it is not called invalid.
         """
         validate_version(runtime, version)
         if runtime == "static":
             return
-        if newest_match(version, [tc.version for tc in await self.installed(runtime)]):
+        installed = [tc.version for tc in await self.installed(runtime)]
+        if newest_match(version, installed):
             return
-        available = await self.available(runtime)
-        if newest_match(version, available) is None:
-            raise _unavailable(runtime, version, available)
+        provisioner = self._provisioners.get(runtime)
+        if provisioner is None:
+            raise _unavailable(runtime, version, installed)
+        try:
+            offered = await provisioner.versions()
+        except ToolchainError as exc:
+            raise ServiceUnavailable(
+                f"Cannot check whether {runtime} {version} can be installed: {exc.reason}",
+                details={"field": "version", "installed": installed}) from None
+        if newest_match(version, offered) is None:
+            raise _unavailable(runtime, version, await self.available(runtime))
 
     async def resolve(self, runtime: str, version: str, *,
                       sink: LineSink | None = None) -> Toolchain:

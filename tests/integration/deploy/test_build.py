@@ -14,9 +14,10 @@ from agent.deploy.build import Builder, RuntimeEnv
 from agent.deploy.errors import BuildFailed
 from agent.deploy.logfile import DeployLog
 from agent.deploy.toolchains import Toolchain, ToolchainResolver
+from agent.testing import FakeClock
 from tests.support.agent import wait_until
 
-STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[(\w+)\] (.*)$")
+STAMP = re.compile(r"^(\d+) \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z (\w+) (.*)$")
 
 
 @pytest.fixture
@@ -31,8 +32,10 @@ def deploy_log(tmp_path: Path) -> DeployLog:
 
 def build_lines(log: DeployLog) -> list[str]:
     lines = log.read_text().splitlines()
-    assert all(STAMP.match(line) for line in lines), lines
-    return [m.group(2) for line in lines if (m := STAMP.match(line)) and m.group(1) == "build"]
+    matches = [STAMP.match(line) for line in lines]
+    assert all(matches), lines
+    assert [int(m.group(1)) for m in matches if m] == list(range(1, len(lines) + 1))
+    return [m.group(3) for m in matches if m and m.group(2) == "build"]
 
 
 async def test_successful_build_logs_output(tmp_path: Path, builder: Builder, deploy_log: DeployLog) -> None:
@@ -140,3 +143,13 @@ def test_log_lines_never_hold_secrets(tmp_path: Path) -> None:
     log.write(["cloning with tok-abcdef"])
     assert "tok-abcdef" not in log.read_text() and "[redacted]" in log.read_text()
     assert os.stat(tmp_path / "d.log").st_mode & 0o777 == 0o600
+
+
+def test_seq_continues_across_runs(tmp_path: Path) -> None:
+    """A later run's log lines continue the file's sequence numbers (resume points for followers)."""
+    clock = FakeClock()
+    DeployLog(tmp_path / "d.log", clock).write(["one", "two"], "deploy")
+    DeployLog(tmp_path / "d.log", clock).write(["three"], "git")
+    lines = (tmp_path / "d.log").read_text().splitlines()
+    assert lines == [f"{i} 2023-11-14T22:13:20.000000Z {src} {text}" for i, src, text in
+                     [(1, "deploy", "one"), (2, "deploy", "two"), (3, "git", "three")]]

@@ -75,6 +75,6 @@ async def test_deploys_through_the_queue(tmp_path: Path, daemon: GitDaemon, app_
     release = await kit.releases.get("web", run.release_id or "")
     assert release.path.is_relative_to(tmp_path / "state" / "apps" / "web" / "releases")
     log = kit.log_path("web").read_text()
-    assert f"[git] fetched commit {run.commit}" in log and "[deploy] $ ./build.sh" in log
+    assert f" git fetched commit {run.commit}\n" in log and " deploy $ ./build.sh\n" in log
     assert kit.log_path("web") == tmp_path / "state" / "apps" / "web" / "logs" / "deploy.log"
     assert starter.requests[0].env == {"A": "1"}

@@ -29,7 +29,7 @@ async def test_successful_deploy_walks_every_stage(rig: Rig, daemon: GitDaemon, 
     [request] = rig.starter.requests
     assert (request.release.id, request.run_cmd, request.port) == (release.id, "./serve", 8080)
     log = rig.log()
-    assert f"[git] fetched commit {run.commit}" in log and "[deploy] $ ./build.sh" in log
+    assert f" git fetched commit {run.commit}\n" in log and " deploy $ ./build.sh\n" in log
     assert "is live" in log
 
 
@@ -64,7 +64,7 @@ async def test_build_failure_keeps_running_release(rig: Rig, daemon: GitDaemon, 
     assert "exited with code 7" in run.failure.reason
     assert rig.releases.pointers("web") == (good.release_id, None)
     assert [r.id for r in await rig.releases.list("web")] == [good.release_id]
-    assert "[build] error: broken" in rig.log() and len(rig.starter.requests) == 1
+    assert " build error: broken\n" in rig.log() and len(rig.starter.requests) == 1
 
 
 async def test_build_timeout_fails_at_building(rig: Rig, daemon: GitDaemon, app_repo: GitRepo) -> None:

@@ -158,13 +158,13 @@ class GitFetcher:
                "-o", "StrictHostKeyChecking=accept-new",
                "-o", f"UserKnownHostsFile={self._known_hosts}", "-o", "ConnectTimeout=20"]
         creds = remote.credentials
-        if creds is not None and creds.password is not None:
+        if creds is not None and (creds.password is not None or creds.username is not None):
             askpass = scratch / "askpass"
             askpass.write_text(_ASKPASS, encoding="utf-8")
             askpass.chmod(0o700)
             env["GIT_ASKPASS"] = str(askpass)
             env["DPLOYR_GIT_USERNAME"] = creds.username or "x-access-token"
-            env["DPLOYR_GIT_PASSWORD"] = creds.password
+            env["DPLOYR_GIT_PASSWORD"] = creds.password or ""  # a token given as the username
         if creds is not None and creds.ssh_key is not None:
             key = scratch / "id_key"
             fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -165,7 +165,8 @@ class ReleaseStarter(Protocol):
     ``start`` runs the release beside the current one on a fresh port (passed as ``PORT``),
     waits for its health check, moves traffic to it and stops the old one gracefully. On any
     failure it stops the new release, leaves the old one serving and raises
-    ``agent.deploy.errors.StartFailed(reason, exit_code=...)``.
+    ``agent.deploy.errors.StartFailed(reason, exit_code=...)``. If it is cancelled (agent
+    shutdown) before the switch, it stops the new release and leaves the old one serving too.
     """
 
     async def start(self, request: StartRequest) -> None: ...
@@ -275,7 +276,7 @@ class Pipeline:
             await self._releases.mark_current(spec.service, release.id)
             dlog.write([f"release {release.id} (commit {run.commit}) is live"])
             await self.transition(run, Stage.SUCCEEDED)
-            await self._releases.prune(spec.service)
+            await self._prune(spec.service)
         except DeployError as exc:
             await self._fail_logged(run, dlog, scrub(exc.reason, secrets), exc.exit_code, exc.code)
         except InvalidRequest as exc:  # the toolchain went away between validation and build
@@ -322,6 +323,13 @@ class Pipeline:
             toolchain=toolchain, runtime_env=runtime_env, env=spec.env, build=result,
             run_cmd=spec.run_cmd, port=spec.port,
             extra={"run_id": run.id, "deployment_id": spec.deployment_id})
+
+    async def _prune(self, service: str) -> None:
+        """Prune old releases; a failure here is logged and does not undo a successful deploy."""
+        try:
+            await self._releases.prune(service)
+        except (OSError, ValueError) as exc:
+            log.warning("releases_prune_failed", service=service, error_type=type(exc).__name__)
 
     async def _fail_logged(self, run: DeployRun, dlog: DeployLog, reason: str,
                            exit_code: int | None, code: str) -> None:

@@ -61,13 +61,18 @@ class DeployQueue:
             raise ServiceUnavailable("The agent is shutting down; deploy again after it restarts")
         run = self._pipeline.new_run(spec)
         self._remember(run)
+        # The observer records "queued" before the run can be picked up and move on.
+        await self._pipeline.announce(run)
+        if self._closed:
+            await self._pipeline.fail(run, "The agent stopped before the deploy started; deploy again",
+                                      code="interrupted")
+            raise ServiceUnavailable("The agent is shutting down; deploy again after it restarts")
         previous = self._pending.get(spec.service)
         self._pending[spec.service] = run
         if previous is None:
             self._order.append(spec.service)
         log.info("deploy_queued", run_id=run.id, service=spec.service,
                  supersedes=previous.id if previous else None)
-        await self._pipeline.announce(run)
         if previous is not None:
             previous.superseded_by = run.id
             await self._pipeline.transition(previous, Stage.SUPERSEDED)

@@ -64,8 +64,13 @@ class GitCredentials:
     ssh_key: str | None = field(default=None, repr=False)
 
     def secrets(self) -> tuple[str, ...]:
-        """Every secret value, for scrubbing text that might echo one."""
-        return tuple(s for s in (self.password, self.ssh_key, self.username) if s)
+        """Every secret value, for scrubbing text that might echo one.
+
+        A username alone may be a token (``https://<token>@github.com/...``), so it counts as
+        a secret when there is no password; next to a password it is an ordinary name.
+        """
+        user = self.username if self.password is None else None
+        return tuple(s for s in (self.password, self.ssh_key, user) if s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,3 +223,18 @@ exec sh -c "$last"
     key_path = Path(record.split("-i ", 1)[1].split()[0])
     assert not key_path.exists()
     assert "c2VjcmV0" not in record.splitlines()[0]  # not in ssh's argv
+
+
+async def test_token_as_url_username(tmp_path: Path, repos_root: Path, app_repo: GitRepo) -> None:
+    """https://<token>@host/repo (GitHub style) sends the token with an empty password, never in argv."""
+    token = "ghp_0123456789abcdefTOKEN"
+    server = await SmartHttpGit(repos_root, token, "").start()
+    try:
+        wrapper, argv_log = _git_wrapper(tmp_path)
+        remote = validate_remote(server.url("app").replace("http://", f"http://{token}@"), SCHEMES)
+        assert token not in remote.url
+        result = await fetcher(tmp_path, git=str(wrapper)).fetch(remote, "main", tmp_path / "out")
+    finally:
+        await server.stop()
+    assert result.commit == app_repo.head()
+    assert token not in argv_log.read_text()

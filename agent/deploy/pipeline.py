@@ -146,7 +146,9 @@ class DeployRun:
 @dataclass(frozen=True, slots=True)
 class StartRequest:
     """What the starter needs to run a release: ``env`` is the deployment's, ``runtime_env``
-    the release's PATH dirs and variables (``RuntimeEnv.apply`` merges them)."""
+    the release's PATH dirs and variables. The app's environment is
+    ``runtime_env.apply(builder.base_env(), {**env, "PORT": str(port)})``, as for the build;
+    its working directory is ``release.app_dir``."""
 
     run_id: str
     service: str

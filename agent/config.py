@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "AgentConfig",
     "ConfigError",
+    "DeployConfig",
     "load_config",
     "parse_listen",
 ]
@@ -128,6 +129,30 @@ class ServicesConfig(_Section):
     log_max_files: int = Field(default=5, ge=1, le=1000)
 
 
+GitScheme = Literal["https", "ssh", "http", "git", "file"]
+
+
+class DeployConfig(_Section):
+    """The deploy pipeline: git sources, toolchains, builds and releases."""
+
+    allowed_schemes: tuple[GitScheme, ...] = ("https", "ssh")
+    clone_timeout: float = Field(default=300.0, gt=0, le=86_400)
+    build_timeout: float = Field(default=1800.0, gt=0, le=86_400)
+    keep_releases: int = Field(default=5, ge=1, le=1000)
+    npm_registry: str = "https://registry.npmjs.org"
+    provision_nodejs: bool = True
+    toolchains_dir: Path | None = None
+    max_concurrent_deploys: int = Field(default=2, ge=1, le=64)
+    git_submodules: bool = False
+
+    @field_validator("npm_registry")
+    @classmethod
+    def _check_registry(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+
 class AgentConfig(_Section):
     """The whole configuration. Frozen: it never changes while the agent runs."""
 
@@ -138,6 +163,7 @@ class AgentConfig(_Section):
     logging: LoggingConfig = LoggingConfig()
     instance: InstanceConfig = InstanceConfig()
     services: ServicesConfig = ServicesConfig()
+    deploy: DeployConfig = DeployConfig()
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,71 @@
+"""Child processes of the deploy pipeline: own process group, output through a pipe we own.
+
+asyncio's ``Process.wait()`` for a child started with ``stdout=PIPE`` waits for the pipe to
+close too, so a grandchild that keeps the pipe open (``cmd &`` in a build) would make it wait
+forever. Here the pipe is made with ``os.pipe()`` and read through ``connect_read_pipe``:
+``wait()`` follows only the child itself, and the caller kills the group and stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["GroupedProcess", "signal_group", "spawn_grouped", "terminate_group"]
+
+
+@dataclass
+class GroupedProcess:
+    """A child leading its own process group, and the read end of its merged stdout/stderr."""
+
+    process: asyncio.subprocess.Process
+    output: asyncio.StreamReader
+    transport: asyncio.ReadTransport
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def close(self) -> None:
+        """Stop reading the output (the pipe's read end is closed)."""
+        self.transport.close()
+
+
+async def spawn_grouped(argv: Sequence[str], *, env: Mapping[str, str],
+                        cwd: Path | None = None) -> GroupedProcess:
+    """Start ``argv`` in a new session with stdin from /dev/null and stdout+stderr to one pipe."""
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_fd, stderr=write_fd, start_new_session=True)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    reader = asyncio.StreamReader(limit=1 << 20)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0))
+    return GroupedProcess(proc, reader, transport)
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to the process group ``pgid``; a group that is gone is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def terminate_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the group, wait up to ``grace`` seconds for the leader, then SIGKILL the group."""
+    signal_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), grace)
+    signal_group(proc.pid, signal.SIGKILL)
+    await proc.wait()

@@ -7,7 +7,6 @@ Nothing here reads the environment: the CLI passes what it read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import sys
@@ -175,11 +174,9 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     sampler, instance = app[SAMPLER_KEY], app[INSTANCE_KEY]
     await instance.start()
     await sampler.tick()  # prime the cache: the first request finds a sample
-    task = asyncio.create_task(sampler.run(), name="metrics-sampler")
+    sampler.start()
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await sampler.stop()
     await instance.stop()
     await asyncio.to_thread(sampler.close)
 

@@ -11,6 +11,7 @@ sample runs late. A failed sample is logged and the previous snapshot kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,7 @@ class Sampler:
         self._previous: tuple[HostReading, float] | None = None
         self._service_ids: set[str] = set()
         self._seq = 0
+        self._task: asyncio.Task[None] | None = None
 
     def set_service_source(self, source: ServiceSource) -> None:
         """Replace where services come from (the supervisor wires itself in here)."""
@@ -123,6 +125,19 @@ class Sampler:
                 delay = 0.0
             await asyncio.sleep(delay)
             await self.tick()
+
+    def start(self) -> None:
+        """Start the timer (``run`` as a task)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="metrics-sampler")
+
+    async def stop(self) -> None:
+        """Stop the timer; ``tick`` still works (tests drive the sampler by hand this way)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def close(self) -> None:
         """Release the sampler's thread (waits for a sample in progress)."""

@@ -1,24 +1,29 @@
 """Per-service resource use, summed over each service's whole process tree.
 
-One pass over ``/proc`` per sample maps every pid to its parent and start time; each
-service's tree is walked from its root pid in that map, so a grandchild that a shell or a
-process manager spawned is counted. Each process is read through a cached
-``psutil.Process``, keyed by (pid, start time) so a reused pid is never mistaken for the
-old process; CPU percent is the CPU time each process used since the previous sample over
-the wall time between samples, so it works across samples like ``top``.
+One pass over ``/proc/<pid>/stat`` per sample gives every process's parent, start time,
+CPU time, thread count and resident size. Each service's tree is walked from its root
+pid in that table, so a grandchild that a shell or a process manager spawned is counted;
+open descriptors are counted from ``/proc/<pid>/fd`` for the tree's processes only.
+
+CPU percent is the CPU time each process used since the previous sample over the wall
+time between samples (like ``top``), so the previous CPU time of every tracked process
+is kept between samples, keyed by (pid, start time): a reused pid is never mistaken for
+the old process. Reading the one stat file we must read anyway for the tree, instead of
+four files per process through ``psutil.Process``, is what keeps a 1 s sampler of 100
+services under 1% of a core (see docs/benchmarks.md).
 
 Docker services are measured the same way over the pids in the container's cgroup, unless
 a ``ContainerUsageSource`` (Docker's stats) answers for the container.
 
-Runs in the sampler's thread; not thread-safe.
+Linux only (so is the agent). Runs in the sampler's thread; not thread-safe.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -27,73 +32,128 @@ from agent.metrics.compute import finite
 from agent.metrics.snapshot import ServiceSample
 from agent.metrics.sources import ContainerUsageSource, ServiceProcess, ServiceUsage
 
-__all__ = ["ProcessTreeSampler", "scan_processes"]
+__all__ = ["ProcStat", "ProcessTreeSampler", "scan_processes"]
 
-ProcessTable = dict[int, tuple[int, int]]  # pid -> (parent pid, start time in clock ticks)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def scan_processes(proc_root: Path = Path("/proc")) -> ProcessTable:
-    """Every process's parent pid and start time, from ``/proc/<pid>/stat``."""
-    table: ProcessTable = {}
-    with os.scandir(proc_root) as entries:
+class ProcStat(NamedTuple):
+    """What ``/proc/<pid>/stat`` says of one process (times in clock ticks)."""
+
+    ppid: int
+    start: int
+    fields: list[bytes]  # the fields after the command name, parsed only when needed
+
+    @property
+    def cpu_ticks(self) -> int:
+        """User plus system time."""
+        return int(self.fields[11]) + int(self.fields[12])
+
+    @property
+    def threads(self) -> int:
+        return int(self.fields[17])
+
+    @property
+    def rss_pages(self) -> int:
+        return int(self.fields[21])
+
+
+def scan_processes(proc_root: Path = Path("/proc")) -> dict[int, ProcStat]:
+    """Every process's stat line, by pid."""
+    table: dict[int, ProcStat] = {}
+    root = str(proc_root)
+    with os.scandir(root) as entries:
         for entry in entries:
-            if not entry.name.isdigit():
+            name = entry.name
+            if not name.isdigit():
                 continue
             try:
-                with open(f"{proc_root}/{entry.name}/stat", "rb") as f:
+                with open(f"{root}/{name}/stat", "rb") as f:
                     data = f.read()
             except OSError:
                 continue  # exited while we looked
             # The command name is in parentheses and may hold spaces or ')'.
             fields = data[data.rfind(b")") + 2:].split()
-            if len(fields) > 19:
-                table[int(entry.name)] = (int(fields[1]), int(fields[19]))
+            if len(fields) >= 22:
+                table[int(name)] = ProcStat(int(fields[1]), int(fields[19]), fields)
     return table
 
 
-@dataclass(slots=True)
-class _Tracked:
-    proc: psutil.Process
-    cpu_seconds: float
-
-
-@dataclass(slots=True)
-class _Reading:
-    cpu_delta: float = 0.0
-    rss: int = 0
-    threads: int = 0
-    fds: int = 0
-    processes: int = 0
+def _read_stat(root: str, pid: int) -> ProcStat | None:
+    try:
+        with open(f"{root}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    return ProcStat(int(fields[1]), int(fields[19]), fields) if len(fields) >= 22 else None
 
 
 class ProcessTreeSampler:
-    """Measures services' process trees; keeps psutil objects between samples."""
+    """Measures services' process trees; remembers CPU times and tree members between samples.
+
+    The whole process table is scanned when a service or its root pid is new, and at
+    least every ``rescan`` seconds; in between, only the known members of each tree are
+    read, so a process spawned since the last scan is counted from the next one.
+    """
 
     def __init__(self, *, proc_root: Path = Path("/proc"), cgroups: CgroupReader | None = None,
-                 containers: ContainerUsageSource | None = None) -> None:
-        self._proc_root = proc_root
+                 containers: ContainerUsageSource | None = None, rescan: float = 5.0) -> None:
+        self._proc_root = str(proc_root)
         self._cgroups = cgroups or CgroupReader()
         self._containers = containers
-        self._tracked: dict[tuple[int, int], _Tracked] = {}
+        self._rescan = rescan
+        self._cpu: dict[tuple[int, int], int] = {}  # (pid, start) -> cpu ticks last sample
+        self._members: dict[str, tuple[int, list[tuple[int, int]]]] = {}  # id -> root, (pid, start)
+        self._last_scan: float | None = None
         self._last_monotonic: float | None = None
-        self._last_wall: float | None = None
+        self._last_start_ticks: float | None = None  # the previous sample, in ticks since boot
+        self._boot_time = psutil.boot_time()
 
     @property
     def tracked_processes(self) -> int:
-        """How many process objects are cached (for tests and the bench)."""
-        return len(self._tracked)
+        """How many processes have a CPU baseline (for tests and the bench)."""
+        return len(self._cpu)
+
+    def _needs_scan(self, services: Sequence[ServiceProcess], monotonic: float) -> bool:
+        if self._last_scan is None or monotonic - self._last_scan >= self._rescan:
+            return True
+        for service in services:
+            if service.pid is not None and service.container_id is None:
+                known = self._members.get(service.service_id)
+                if known is None or known[0] != service.pid:
+                    return True
+        return False
+
+    def _tree_members(self, service: ServiceProcess, table: dict[int, ProcStat] | None,
+                      children: dict[int, list[int]] | None) -> list[tuple[int, int]] | None:
+        """The (pid, start) of the service's tree: from a fresh scan, or as last known."""
+        assert service.pid is not None
+        if table is not None and children is not None:
+            if service.pid not in table:
+                return None
+            members = [(pid, table[pid].start) for pid in _tree(service.pid, children)]
+            self._members[service.service_id] = (service.pid, members)
+            return members
+        known = self._members.get(service.service_id)
+        return known[1] if known is not None else None
 
     def sample(self, services: Sequence[ServiceProcess], *, monotonic: float,
                wall: float) -> tuple[ServiceSample, ...]:
         """Measure every service now. Services that do not run get ``usage=None``."""
         elapsed = monotonic - self._last_monotonic if self._last_monotonic is not None else 0.0
-        needs_scan = any(s.pid is not None or s.container_id is not None for s in services)
-        table = scan_processes(self._proc_root) if needs_scan else {}
+        table: dict[int, ProcStat] | None = None
         children: dict[int, list[int]] | None = None
-        seen: set[tuple[int, int]] = set()
+        if any(s.pid is not None for s in services) and self._needs_scan(services, monotonic):
+            table = scan_processes(Path(self._proc_root))
+            children = _children(table)
+            self._last_scan = monotonic
+            self._members = {}
+        seen: dict[tuple[int, int], int] = {}
         samples = []
         for service in services:
-            pids: Iterable[int] | None = None
+            members: list[tuple[int, int]] | None = None
             note = None
             if service.runtime == "docker" and service.container_id:
                 if self._containers is not None:
@@ -102,74 +162,71 @@ class ProcessTreeSampler:
                         samples.append(ServiceSample(service, usage))
                         continue
                 pids = self._cgroups.container_pids(service.container_id)
-                note = "container not found" if pids is None else None
-            if pids is None and service.pid is not None:
-                if service.pid in table:
-                    if children is None:
-                        children = _children(table)
-                    pids = _tree(service.pid, children)
+                if pids is not None:
+                    members = [(pid, -1) for pid in pids]  # start checked when read
                 else:
-                    note = "process not found"
-            elif pids is None and note is None:
+                    note = "container not found"
+            if members is None and service.pid is not None:
+                members = self._tree_members(service, table, children)
+                note = "process not found" if members is None else None
+            elif members is None and note is None:
                 note = "not running"
-            if pids is None:
+            if members is None:
                 samples.append(ServiceSample(service, None, note))
                 continue
-            samples.append(ServiceSample(service, self._measure(pids, table, elapsed, seen)))
-        for key in self._tracked.keys() - seen:
-            del self._tracked[key]
-        self._last_monotonic, self._last_wall = monotonic, wall
+            usage = self._measure(members, table, elapsed, seen)
+            if usage.processes == 0 and service.pid is not None and service.container_id is None:
+                samples.append(ServiceSample(service, None, "process not found"))
+            else:
+                samples.append(ServiceSample(service, usage))
+        self._cpu = seen
+        self._last_monotonic = monotonic
+        self._last_start_ticks = (wall - self._boot_time) * _CLOCK_TICKS
         return tuple(samples)
 
-    def _measure(self, pids: Iterable[int], table: ProcessTable, elapsed: float,
-                 seen: set[tuple[int, int]]) -> ServiceUsage:
-        total = _Reading()
-        for pid in pids:
-            start = table.get(pid, (0, -1))[1]
-            if start < 0:
-                continue  # not in this sample's process table: exited or not ours to see
-            key = (pid, start)
-            seen.add(key)
-            try:
-                self._read_one(key, total)
-            except psutil.Error:
-                self._tracked.pop(key, None)  # exited between the scan and the read
-        cpu = finite(total.cpu_delta / elapsed * 100.0) if elapsed > 0 else 0.0
-        return ServiceUsage(cpu_percent=round(max(0.0, cpu), 2), rss_bytes=total.rss,
-                            threads=total.threads, open_files=total.fds,
-                            processes=total.processes)
+    def _measure(self, members: Iterable[tuple[int, int]], table: dict[int, ProcStat] | None,
+                 elapsed: float, seen: dict[tuple[int, int], int]) -> ServiceUsage:
+        cpu_ticks = rss_pages = threads = fds = processes = 0
+        for pid, start in members:
+            stat = table.get(pid) if table is not None else _read_stat(self._proc_root, pid)
+            if stat is None or (start >= 0 and stat.start != start):
+                continue  # exited (or its pid was reused) since the tree was scanned
+            key = (pid, stat.start)
+            fields = stat.fields
+            used = int(fields[11]) + int(fields[12])  # user + system ticks
+            previous = self._cpu.get(key)
+            if previous is not None:
+                cpu_ticks += max(0, used - previous)
+            elif self._last_start_ticks is not None and stat.start >= self._last_start_ticks:
+                # Born since the previous sample: all its CPU time falls in the interval.
+                # (One seen for the first time but older has no baseline yet.)
+                cpu_ticks += used
+            seen[key] = used
+            rss_pages += int(fields[21])
+            threads += int(fields[17])
+            fds += self._fds(pid)
+            processes += 1
+        cpu = finite(cpu_ticks / _CLOCK_TICKS / elapsed * 100.0) if elapsed > 0 else 0.0
+        return ServiceUsage(cpu_percent=round(max(0.0, cpu), 2),
+                            rss_bytes=rss_pages * _PAGE_SIZE, threads=threads,
+                            open_files=fds, processes=processes)
 
-    def _read_one(self, key: tuple[int, int], total: _Reading) -> None:
-        tracked = self._tracked.get(key)
-        proc = tracked.proc if tracked is not None else psutil.Process(key[0])
-        with proc.oneshot():
-            times = proc.cpu_times()
-            rss = proc.memory_info().rss
-            threads = proc.num_threads()
-            try:
-                fds = proc.num_fds()
-            except psutil.AccessDenied:
-                fds = 0  # another user's process; the agent runs without CAP_SYS_PTRACE
-        cpu_seconds = times.user + times.system
-        if tracked is not None:
-            total.cpu_delta += max(0.0, cpu_seconds - tracked.cpu_seconds)
-            tracked.cpu_seconds = cpu_seconds
-        else:
-            # A process born since the previous sample used all its CPU time within the
-            # interval; one that existed before (first sight of a tree) has no baseline yet.
-            if self._last_wall is not None and proc.create_time() >= self._last_wall:
-                total.cpu_delta += cpu_seconds
-            self._tracked[key] = _Tracked(proc, cpu_seconds)
-        total.rss += rss
-        total.threads += threads
-        total.fds += fds
-        total.processes += 1
+    def _fds(self, pid: int) -> int:
+        # Plain os calls on strings: this runs for every process of every service each
+        # sample, and pathlib objects cost more than the syscalls.
+        path = f"{self._proc_root}/{pid}/fd"
+        try:
+            # Linux 6.2+ reports the number of open descriptors as the directory's size.
+            size = os.stat(path).st_size  # noqa: PTH116
+            return size if size > 0 else len(os.listdir(path))  # noqa: PTH208
+        except OSError:
+            return 0  # exited, or another user's process and no CAP_SYS_PTRACE
 
 
-def _children(table: ProcessTable) -> dict[int, list[int]]:
+def _children(table: dict[int, ProcStat]) -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
+    for pid, stat in table.items():
+        children.setdefault(stat.ppid, []).append(pid)
     return children
 
 

@@ -8,9 +8,11 @@ the key ``service:<service id>:<name>`` in the store.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from agent.metrics.snapshot import HostSample, ServiceSample
 
-__all__ = ["SERVICE_SERIES", "host_series", "service_key", "service_series"]
+__all__ = ["SERVICE_SERIES", "host_series", "service_key", "service_keys", "service_series"]
 
 SERVICE_SERIES = ("cpu_percent", "rss_bytes", "threads", "open_files", "processes")
 
@@ -41,16 +43,17 @@ def service_key(service_id: str, name: str) -> str:
     return f"service:{service_id}:{name}"
 
 
+@lru_cache(maxsize=8192)
+def service_keys(service_id: str) -> tuple[str, ...]:
+    """The store keys of a service's series, in ``SERVICE_SERIES`` order."""
+    return tuple(service_key(service_id, name) for name in SERVICE_SERIES)
+
+
 def service_series(sample: ServiceSample) -> dict[str, float]:
     """A service's values to keep (none while it is not measured: a gap in history)."""
     usage = sample.usage
     if usage is None:
         return {}
-    sid = sample.service.service_id
-    return {
-        service_key(sid, "cpu_percent"): usage.cpu_percent,
-        service_key(sid, "rss_bytes"): float(usage.rss_bytes),
-        service_key(sid, "threads"): float(usage.threads),
-        service_key(sid, "open_files"): float(usage.open_files),
-        service_key(sid, "processes"): float(usage.processes),
-    }
+    cpu, rss, threads, files, processes = service_keys(sample.service.service_id)
+    return {cpu: usage.cpu_percent, rss: float(usage.rss_bytes), threads: float(usage.threads),
+            files: float(usage.open_files), processes: float(usage.processes)}

@@ -21,7 +21,7 @@ Linux only (so is the agent). Runs in the sampler's thread; not thread-safe.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -111,6 +111,10 @@ class ProcessTreeSampler:
         self._last_start_ticks: float | None = None  # the previous sample, in ticks since boot
         self._boot_time = psutil.boot_time()
 
+    def set_container_usage(self, source: ContainerUsageSource | None) -> None:
+        """Where Docker services' figures come from (None: their cgroup and processes)."""
+        self._containers = source
+
     @property
     def tracked_processes(self) -> int:
         """How many processes have a CPU baseline (for tests and the bench)."""
@@ -174,9 +178,13 @@ class ProcessTreeSampler:
             if members is None:
                 samples.append(ServiceSample(service, None, note))
                 continue
-            usage = self._measure(members, table, elapsed, seen)
-            if usage.processes == 0 and service.pid is not None and service.container_id is None:
+            usage, first_alive = self._measure(members, table, elapsed, seen)
+            if service.container_id is None and not first_alive:
+                # The root (first member) exited: the service is down, even if an orphan
+                # of it lives on until the next scan drops it from the tree.
                 samples.append(ServiceSample(service, None, "process not found"))
+            elif usage.processes == 0:
+                samples.append(ServiceSample(service, None, "no process in the container"))
             else:
                 samples.append(ServiceSample(service, usage))
         self._cpu = seen
@@ -184,15 +192,20 @@ class ProcessTreeSampler:
         self._last_start_ticks = (wall - self._boot_time) * _CLOCK_TICKS
         return tuple(samples)
 
-    def _measure(self, members: Iterable[tuple[int, int]], table: dict[int, ProcStat] | None,
-                 elapsed: float, seen: dict[tuple[int, int], int]) -> ServiceUsage:
+    def _measure(self, members: Sequence[tuple[int, int]], table: dict[int, ProcStat] | None,
+                 elapsed: float, seen: dict[tuple[int, int], int]) -> tuple[ServiceUsage, bool]:
+        """The members' summed usage, and whether the first member (the root) is alive."""
         cpu_ticks = rss_pages = threads = fds = processes = 0
-        for pid, start in members:
+        first_alive = False
+        for index, (pid, start) in enumerate(members):
             stat = table.get(pid) if table is not None else _read_stat(self._proc_root, pid)
             if stat is None or (start >= 0 and stat.start != start):
                 continue  # exited (or its pid was reused) since the tree was scanned
-            key = (pid, stat.start)
             fields = stat.fields
+            if fields[0] == b"Z":
+                continue  # a zombie holds nothing but its exit status
+            first_alive = first_alive or index == 0
+            key = (pid, stat.start)
             used = int(fields[11]) + int(fields[12])  # user + system ticks
             previous = self._cpu.get(key)
             if previous is not None:
@@ -209,7 +222,7 @@ class ProcessTreeSampler:
         cpu = finite(cpu_ticks / _CLOCK_TICKS / elapsed * 100.0) if elapsed > 0 else 0.0
         return ServiceUsage(cpu_percent=round(max(0.0, cpu), 2),
                             rss_bytes=rss_pages * _PAGE_SIZE, threads=threads,
-                            open_files=fds, processes=processes)
+                            open_files=fds, processes=processes), first_alive
 
     def _fds(self, pid: int) -> int:
         # Plain os calls on strings: this runs for every process of every service each

@@ -25,7 +25,7 @@ from agent.metrics.processes import ProcessTreeSampler
 from agent.metrics.readings import HostReader, HostReading
 from agent.metrics.series import SERVICE_SERIES, host_series, service_key, service_series
 from agent.metrics.snapshot import HostSample, ServiceSample, Snapshot
-from agent.metrics.sources import ServiceProcess, ServiceSource
+from agent.metrics.sources import ContainerUsageSource, ServiceProcess, ServiceSource
 
 __all__ = ["SampleListener", "Sampler"]
 
@@ -58,6 +58,10 @@ class Sampler:
     def set_service_source(self, source: ServiceSource) -> None:
         """Replace where services come from (the supervisor wires itself in here)."""
         self._services = source
+
+    def set_container_usage(self, source: ContainerUsageSource | None) -> None:
+        """Fill Docker services from ``source`` (Docker's stats) when it knows the container."""
+        self._processes.set_container_usage(source)
 
     def current_services(self) -> tuple[ServiceProcess, ...]:
         """The services as the source reports them right now (not the last sample)."""

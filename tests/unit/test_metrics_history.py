@@ -118,8 +118,8 @@ def test_memory_is_fixed_however_long_it_runs() -> None:
     size = history.memory_bytes()
     _fill(history, clock, 86_400 + 3600, every=1.0)
     assert history.memory_bytes() == size
-    # 8 bytes per point: recent (900) + long (1440) points, plus the timestamp columns
-    assert size == 8 * (900 * 2 + 1440 * 2)
+    # 4 bytes per point: recent (900) + long (1440) points, plus 8-byte timestamp columns
+    assert size == (4 + 8) * (900 + 1440)
     plan = history.plan(86_400, 3600)
     assert plan is not None
     series = history.query(plan, ["cpu"], now=clock.time())

@@ -7,8 +7,10 @@ through its ``ServiceSource``):
 2. ``GET /v1/instances/self/metrics`` latency (p50/p99) against Glances' REST API for the
    same data: ``/api/4/all`` (one call, a superset) and the per-plugin calls that cover the
    agent's fields (cpu, percpu, load, mem, memswap, fs, diskio, network, processcount,
-   uptime, processlist), requests one at a time on a keep-alive connection, interleaved in
-   rounds so that noise from other work on the machine hits both alike;
+   uptime, processlist), and those calls without processlist (Glances lists every process
+   of the host there, the agent only the services: this row is Glances' lower bound);
+   requests one at a time on a keep-alive connection, interleaved in rounds so that noise
+   from other work on the machine hits both alike;
 3. the RSS of the agent and of Glances at the end.
 
 Run: ``.venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/metrics.py``
@@ -175,6 +177,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.cpu_seconds)
         used, wall = cpu_seconds(agent_proc) - before, time.monotonic() - t0
         result["agent_idle_cpu_percent"] = used / wall * 100
+        result["load_average_during_cpu_window"] = os.getloadavg()[0]
+        result["cores"] = os.cpu_count()
         scrape = anon.get("/metrics")[1].decode()
         for line in scrape.splitlines():
             if line.startswith("dployr_metrics_sample_duration_seconds "):
@@ -195,11 +199,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         glances_proc = psutil.Process(glances.pid)
         sizes = {"agent": len(api.get("/v1/instances/self/metrics")[1]),
                  "glances_all": len(gl.get("/api/4/all")[1]),
-                 "glances_plugins": sum(len(gl.get(f"/api/4/{p}")[1]) for p in GLANCES_PLUGINS)}
+                 "glances_plugins": sum(len(gl.get(f"/api/4/{p}")[1]) for p in GLANCES_PLUGINS),
+                 "glances_host": sum(len(gl.get(f"/api/4/{p}")[1])
+                                     for p in GLANCES_PLUGINS[:-1])}
         result["response_bytes"] = sizes
 
         # 3. Latency, interleaved in rounds; CPU per request from each server's own counters.
-        lat: dict[str, list[float]] = {"agent": [], "glances_all": [], "glances_plugins": []}
+        lat: dict[str, list[float]] = {"agent": [], "glances_all": [], "glances_plugins": [],
+                                       "glances_host": []}
         cpu: dict[str, float] = dict.fromkeys(lat, 0.0)
         for _ in range(args.warmup):
             api.get("/v1/instances/self/metrics")
@@ -227,6 +234,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     total += seconds
                 lat["glances_plugins"].append(total)
             cpu["glances_plugins"] += cpu_seconds(glances_proc) - c0
+            c0 = cpu_seconds(glances_proc)
+            for _ in range(max(1, batch // 10)):
+                total = 0.0
+                for plugin in GLANCES_PLUGINS[:-1]:  # the host only: no process list
+                    status, _, seconds = gl.get(f"/api/4/{plugin}")
+                    assert status == 200
+                    total += seconds
+                lat["glances_host"].append(total)
+            cpu["glances_host"] += cpu_seconds(glances_proc) - c0
         result["latency_ms"] = {
             name: {"p50": pct(v, 50) * 1000, "p99": pct(v, 99) * 1000,
                    "mean": statistics.fmean(v) * 1000, "max": max(v) * 1000, "n": len(v)}
@@ -255,20 +271,27 @@ def report(r: dict[str, Any]) -> None:
     lat = r["latency_ms"]
     a, ga, gp = lat["agent"], lat["glances_all"], lat["glances_plugins"]
     print(f"\n== metrics bench: {r['services']} idle services, {r['interval']} s sampler ==")
+    print(f"machine: {r['cores']} cores, load average {r['load_average_during_cpu_window']:.2f} "
+          "(other work shares it)")
     print(f"agent CPU, idle, sampler running: {r['agent_idle_cpu_percent']:.2f}% of one core "
           f"(target <= 1%); last sample took {r.get('last_sample_ms', float('nan')):.1f} ms")
-    print(f"{'':34}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'CPU ms/req':>12}{'bytes':>9}")
+    print(f"{'':40}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'CPU ms/req':>12}{'bytes':>9}")
     rows = (("agent /v1/instances/self/metrics", a, "agent", r["response_bytes"]["agent"]),
             ("glances /api/4/all", ga, "glances_all", r["response_bytes"]["glances_all"]),
             (f"glances {len(GLANCES_PLUGINS)} plugin calls", gp, "glances_plugins",
-             r["response_bytes"]["glances_plugins"]))
+             r["response_bytes"]["glances_plugins"]),
+            (f"glances {len(GLANCES_PLUGINS) - 1} host calls (no procs)", lat["glances_host"],
+             "glances_host", r["response_bytes"]["glances_host"]))
     for label, s, key, size in rows:
-        print(f"{label:34}{s['p50']:9.2f}{s['p99']:9.2f}{s['max']:9.2f}"
+        print(f"{label:40}{s['p50']:9.2f}{s['p99']:9.2f}{s['max']:9.2f}"
               f"{r['cpu_ms_per_request'][key]:12.2f}{size:9d}")
     print(f"p50 ratio glances_all/agent: {ga['p50'] / a['p50']:.1f}x, "
           f"p99: {ga['p99'] / a['p99']:.1f}x")
     print(f"p50 ratio glances_plugins/agent: {gp['p50'] / a['p50']:.1f}x, "
           f"p99: {gp['p99'] / a['p99']:.1f}x")
+    gh = lat["glances_host"]
+    print(f"p50 ratio glances_host/agent: {gh['p50'] / a['p50']:.1f}x, "
+          f"p99: {gh['p99'] / a['p99']:.1f}x")
     print(f"RSS: agent {r['agent_rss_mib']:.1f} MiB, glances {r['glances_rss_mib']:.1f} MiB, "
           f"ratio glances/agent {r['glances_rss_mib'] / r['agent_rss_mib']:.2f}x")
     print(f"(raw results: {r['work_dir']}/result.json)")

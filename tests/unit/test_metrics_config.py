@@ -36,3 +36,17 @@ def test_points_per_series_are_bounded() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(environ={"DPLOYR_METRICS__INTERVAL": "1", "DPLOYR_METRICS__RECENT": '"1d"'})
     assert "20000" in str(caught.value)
+
+
+def test_example_config_documents_every_metrics_key_with_its_default() -> None:
+    """config.example.toml lists each [metrics] key, commented out, with the real default."""
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "config.example.toml").read_text()
+    section = text.split("[metrics]", 1)[1].split("\n[", 1)[0]
+    lines = [line[2:] for line in section.splitlines() if line.startswith("# ") and " = " in line]
+    documented = tomllib.loads("\n".join(lines))
+    defaults = AgentConfig().metrics.model_dump(mode="json")
+    assert set(documented) == set(defaults)
+    assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in documented.items()} == defaults

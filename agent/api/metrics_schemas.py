@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from agent.api.schemas import QueryModel, Resource
 from agent.config import parse_duration
 from agent.metrics.history import Series, format_duration
-from agent.metrics.snapshot import HostSample, ServiceSample
+from agent.metrics.snapshot import HostSample, NetworkSample, ServiceSample
 from agent.metrics.sources import ServiceProcess
 from agent.timefmt import from_epoch
 
@@ -200,8 +200,14 @@ def service_metrics(service: ServiceProcess, sample: ServiceSample | None,
         history=history)
 
 
-def _network(n: object) -> NetworkMetrics:
-    return NetworkMetrics.model_validate(n, from_attributes=True)
+def _network(n: NetworkSample) -> NetworkMetrics:
+    return NetworkMetrics(interface=n.interface,
+                          rx_bytes_per_second=round(n.rx_bytes_per_second, 3),
+                          tx_bytes_per_second=round(n.tx_bytes_per_second, 3),
+                          rx_packets_per_second=round(n.rx_packets_per_second, 3),
+                          tx_packets_per_second=round(n.tx_packets_per_second, 3),
+                          errors_per_second=round(n.errors_per_second, 3),
+                          drops_per_second=round(n.drops_per_second, 3))
 
 
 def host_metrics(instance_id: str, interval: float, host: HostSample,
@@ -228,10 +234,10 @@ def host_metrics(instance_id: str, interval: float, host: HostSample,
                            percent=round(d.percent, 2), inodes_total=d.inodes_total,
                            inodes_used=d.inodes_used, inodes_free=d.inodes_free,
                            inodes_percent=round(d.inodes_percent, 2)) for d in host.disks],
-        disk_io=DiskIoMetrics(read_bytes_per_second=io.read_bytes_per_second,
-                              write_bytes_per_second=io.write_bytes_per_second,
-                              read_ops_per_second=io.read_ops_per_second,
-                              write_ops_per_second=io.write_ops_per_second),
+        disk_io=DiskIoMetrics(read_bytes_per_second=round(io.read_bytes_per_second, 3),
+                              write_bytes_per_second=round(io.write_bytes_per_second, 3),
+                              read_ops_per_second=round(io.read_ops_per_second, 3),
+                              write_ops_per_second=round(io.write_ops_per_second, 3)),
         network=_network(host.network),
         interfaces=[_network(n) for n in host.interfaces],
         process_count=host.process_count,

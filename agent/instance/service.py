@@ -91,6 +91,7 @@ class InstanceService:
         self._id = ""
         self._facts = HostFacts(os="", kernel="", architecture="", cpu_count=1)
         self._status = InstanceStatus("healthy")
+        self._recorded: Status = "healthy"  # the status last written with its event
         self._runtimes: tuple[RuntimeInfo, ...] = ()
         self._runtimes_detected = False
         self._detect_task: asyncio.Task[None] | None = None
@@ -122,6 +123,7 @@ class InstanceService:
             self._status = InstanceStatus(
                 saved.get("status", "healthy"),
                 tuple(HealthReason(r["code"], r["message"]) for r in saved.get("reasons", ())))
+            self._recorded = self._status.status
         if self._detector is not None:
             self._detect_task = asyncio.create_task(self._detect(self._detector))
         else:
@@ -184,9 +186,8 @@ class InstanceService:
         """Work out the status from a new sample; record and announce a change."""
         reasons = tuple(self.reasons(snapshot))
         new = InstanceStatus("degraded" if reasons else "healthy", reasons)
-        changed = new.status != self._status.status
         self._status = new
-        if not changed:
+        if new.status == self._recorded:
             return
         payload = {"status": new.status,
                    "reasons": [{"code": r.code, "message": r.message} for r in reasons]}
@@ -200,7 +201,8 @@ class InstanceService:
             else:
                 tx.emit("instance.recovered", {"instance_id": self._id, **payload})
 
-        await self._db.write(record)
+        await self._db.write(record)  # if it fails, the next sample tries again
+        self._recorded = new.status
         log.info("instance_status_changed", status=new.status,
                  reasons=[r.code for r in reasons])
 

@@ -136,12 +136,14 @@ class ProcessTreeSampler:
         assert service.pid is not None
         if table is not None and children is not None:
             if service.pid not in table:
+                # Remembered as empty, so a dead pid does not force a scan every sample.
+                self._members[service.service_id] = (service.pid, [])
                 return None
             members = [(pid, table[pid].start) for pid in _tree(service.pid, children)]
             self._members[service.service_id] = (service.pid, members)
             return members
         known = self._members.get(service.service_id)
-        return known[1] if known is not None else None
+        return known[1] if known is not None and known[1] else None
 
     def sample(self, services: Sequence[ServiceProcess], *, monotonic: float,
                wall: float) -> tuple[ServiceSample, ...]:

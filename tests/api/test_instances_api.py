@@ -244,3 +244,21 @@ async def test_openapi_documents_the_instance_endpoints(client: Client) -> None:
     assert "/v1/services/{id}/metrics" in doc["paths"]
     scrape = doc["paths"]["/metrics"]["get"]
     assert "text/plain" in scrape["responses"]["200"]["content"]
+
+
+async def test_a_restart_does_not_repeat_the_degraded_event(aiohttp_client: Any,
+                                                            state_dir: Path) -> None:
+    """The status is kept with its event: an agent restarted while degraded writes no second
+    instance.degraded event."""
+    full = DiskReading(mountpoint="/", device="/dev/sda1", fstype="ext4", total=100 << 30,
+                       used=99 << 30, free=1 << 30, inodes_total=100, inodes_free=50)
+    first = await metrics_client(aiohttp_client, state_dir,
+                                 reader=ScriptedHostReader(host_reading(disks=(full,))))
+    await first.close()
+    second = await metrics_client(aiohttp_client, state_dir,
+                                  reader=ScriptedHostReader(host_reading(disks=(full,))))
+    headers = bearer((await login(second))["access_token"])
+    assert (await _get(second, "/v1/instances/self", headers))["status"] == "degraded"
+    rows = second.server.app[DB_KEY].query(
+        "SELECT type FROM events WHERE type LIKE 'instance.%'")
+    assert [r["type"] for r in rows] == ["instance.degraded"]

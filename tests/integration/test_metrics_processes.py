@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from typing import Any
 
 import psutil
+import pytest
 
+from agent.metrics import processes
 from agent.metrics.processes import ProcessTreeSampler, scan_processes
 from agent.metrics.sources import ServiceProcess
 from tests.support.agent import wait_until
@@ -91,3 +94,22 @@ def test_container_usage_source_answers_for_docker_services() -> None:
     first, second = sampler.sample([known, unknown], monotonic=0.0, wall=time.time())
     assert first.usage == ServiceUsage(12.5, 64 << 20, 9, 20, 3)
     assert second.usage is None and second.note == "container not found"
+
+
+def test_a_dead_root_pid_does_not_rescan_every_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service whose pid is gone is 'process not found' without a /proc scan per sample."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    scans: list[int] = []
+
+    def counting_scan(*args: Any) -> dict[int, processes.ProcStat]:
+        scans.append(1)
+        return scan_processes(*args)
+
+    monkeypatch.setattr(processes, "scan_processes", counting_scan)
+    sampler = ProcessTreeSampler(rescan=5.0)
+    service = ServiceProcess("svc_dead", "dead", "process", "crashed", dead.pid)
+    for second in range(4):
+        sample = sampler.sample([service], monotonic=float(second), wall=time.time())[0]
+        assert sample.usage is None and sample.note == "process not found"
+    assert len(scans) == 1

@@ -43,7 +43,8 @@ class HistoryQuery(QueryModel):
 
     window: str | None = Field(default=None, examples=["1h"],
                                json_schema_extra={"pattern": _DURATION_PATTERN},
-                               description=_DURATION_DOC + ". Omit for the latest sample only.")
+                               description=_DURATION_DOC + ". Omit (and step) for the latest "
+                                           "sample only; with step alone, 60 steps.")
     step: str | None = Field(default=None, examples=["1m"],
                              json_schema_extra={"pattern": _DURATION_PATTERN},
                              description=_DURATION_DOC + ". Default: window/60, at least the "

@@ -174,13 +174,13 @@ class History:
         """Validate a query's window and step (seconds); None when no history was asked.
 
         Raises InvalidRequest naming ``window`` or ``step`` when the request cannot be
-        answered from what is kept. Without a step, about 60 points are returned.
+        answered from what is kept. Without a step, about 60 points are returned; a step
+        without a window covers 60 steps (at most the history kept).
         """
         if window is None:
-            if step is not None:
-                raise InvalidRequest("'step' needs a 'window'", field="window",
-                                     issue="Required when step is given")
-            return None
+            if step is None:
+                return None
+            window = min(step * 60, self.history_span)
         if window > self.history_span:
             raise InvalidRequest(
                 "The window is longer than the history kept", field="window",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import InvalidRequest
-from agent.metrics.history import MAX_POINTS, History, format_duration
+from agent.metrics.history import MAX_POINTS, History, HistoryPlan, format_duration
 from agent.testing import FakeClock
 
 T0 = 1_699_999_200.0  # a whole hour in epoch time, so buckets align with it
@@ -32,7 +32,7 @@ def _fill(history: History, clock: FakeClock, seconds: float, value: float | Non
     (60, 1, "step", "sampling interval (5s)"),
     (3600, 30, "step", "1m for windows over 15m"),
     (86_400, 59, "step", "1m for windows over 15m"),
-    (None, 60, "window", "Required when step is given"),
+    (None, 2 * 86_400, "step", "Must not exceed the window"),
 ])
 def test_plan_rejects_what_cannot_be_answered(window: int | None, step: int | None, field: str,
                                              issue: str) -> None:
@@ -56,6 +56,7 @@ def test_plan_defaults_and_ring_choice() -> None:
     """No window: no history; a window alone gets ~60 points; short windows use every sample."""
     history = _history()
     assert history.plan(None, None) is None
+    assert history.plan(None, 60) == HistoryPlan(window=3600, step=60, use_recent=False)
     short = history.plan(600, None)
     assert short is not None and short.use_recent and short.step == 10
     long = history.plan(86_400, None)

@@ -6,6 +6,7 @@ Nothing here reads the environment: the CLI passes what it read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import sys
@@ -20,7 +21,10 @@ from agent import __version__
 from agent.api import accounts as accounts_api
 from agent.api import auth as auth_api
 from agent.api import health as health_api
+from agent.api import instances as instances_api
 from agent.api import projects as projects_api
+from agent.api import scrape as scrape_api
+from agent.api import service_metrics as service_metrics_api
 from agent.api.middleware import add_standard_headers, error_middleware, make_auth_middleware
 from agent.api.openapi import build_openapi
 from agent.api.routing import EndpointTable, add_endpoints
@@ -28,20 +32,35 @@ from agent.auth import AuthService, PasswordHasher
 from agent.auth.accounts import AccountService
 from agent.auth.tokens import load_or_create_secret
 from agent.clock import Clock, SystemClock
-from agent.config import AgentConfig
+from agent.config import AgentConfig, parse_duration
 from agent.events import EventBus
+from agent.instance import InstanceService, RuntimeDetector
 from agent.keys import (
     ACCOUNTS_KEY,
+    AGENT_METRICS_KEY,
     AUTH_KEY,
     BUS_KEY,
     CLOCK_KEY,
     CONFIG_KEY,
     DB_KEY,
+    INSTANCE_KEY,
     OPENAPI_KEY,
     PROJECTS_KEY,
     RATE_LIMITS_KEY,
+    SAMPLER_KEY,
     STARTED_AT_KEY,
 )
+from agent.metrics import (
+    AgentMetrics,
+    History,
+    HostReader,
+    NoServices,
+    PsutilHostReader,
+    Sampler,
+    ServiceSource,
+    SnapshotCollector,
+)
+from agent.metrics.processes import ProcessTreeSampler
 from agent.projects import ProjectService
 from agent.ratelimit import RateLimits
 from agent.store import Database, ensure_private_dir
@@ -57,6 +76,9 @@ ROUTE_TABLES: tuple[EndpointTable, ...] = (
     auth_api.routes,
     accounts_api.routes,
     projects_api.routes,
+    instances_api.routes,
+    service_metrics_api.routes,
+    scrape_api.routes,
 )
 
 INITIAL_PASSWORD_FILE = "initial-admin-password"
@@ -72,11 +94,16 @@ class AdminSeed:
 
 def create_app(config: AgentConfig, *, clock: Clock | None = None,
                hasher: PasswordHasher | None = None,
-               admin: AdminSeed | None = None) -> web.Application:
+               admin: AdminSeed | None = None,
+               service_source: ServiceSource | None = None,
+               host_reader: HostReader | None = None,
+               runtime_detector: RuntimeDetector | None = None) -> web.Application:
     """Build the agent's aiohttp application from its configuration.
 
     ``clock`` and ``hasher`` may be replaced in tests. ``admin`` seeds the first user when
     the store has none (by default ``admin@localhost`` with a generated password).
+    ``service_source`` lists the services the metrics sampler measures (none by default),
+    ``host_reader`` replaces the psutil host reads, ``runtime_detector`` the runtime probes.
     """
     clock = clock or SystemClock()
     state_dir = config.state.dir
@@ -108,13 +135,50 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
         unauthenticated=config.ratelimit.unauthenticated_per_hour,
         clock=clock, max_keys=config.ratelimit.max_tracked_clients)
 
+    _add_metrics(app, config, clock, db, service_source, host_reader, runtime_detector)
+
     endpoints = add_endpoints(app, ROUTE_TABLES)
     app[OPENAPI_KEY] = json.dumps(build_openapi(endpoints, version=__version__)).encode()
     app.on_response_prepare.append(add_standard_headers)
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_admin_ctx(admin or AdminSeed()))
+    app.cleanup_ctx.append(_metrics_ctx)
     return app
+
+
+def _add_metrics(app: web.Application, config: AgentConfig, clock: Clock, db: Database,
+                 service_source: ServiceSource | None, host_reader: HostReader | None,
+                 runtime_detector: RuntimeDetector | None) -> None:
+    """The sampler, its history, the instance, and the Prometheus registry."""
+    settings = config.metrics
+    history = History(interval=settings.interval, recent=parse_duration(settings.recent),
+                      history=parse_duration(settings.history),
+                      resolution=parse_duration(settings.history_resolution))
+    sampler = Sampler(interval=settings.interval, clock=clock,
+                      host_reader=host_reader or PsutilHostReader(),
+                      processes=ProcessTreeSampler(), services=service_source or NoServices(),
+                      history=history)
+    instance = InstanceService(db=db, clock=clock, config=config, sampler=sampler,
+                               runtime_detector=runtime_detector)
+    sampler.add_listener(instance.on_sample)
+    agent_metrics = AgentMetrics()
+    agent_metrics.registry.register(SnapshotCollector(sampler, instance.degraded))
+    app[SAMPLER_KEY] = sampler
+    app[INSTANCE_KEY] = instance
+    app[AGENT_METRICS_KEY] = agent_metrics
+    instances_api.install(app)
+
+
+async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    sampler, instance = app[SAMPLER_KEY], app[INSTANCE_KEY]
+    await instance.start()
+    await sampler.tick()  # prime the cache: the first request finds a sample
+    sampler.start()
+    yield
+    await sampler.stop()
+    await instance.stop()
+    await asyncio.to_thread(sampler.close)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "AgentConfig",
     "ConfigError",
     "DeployConfig",
     "load_config",
+    "parse_duration",
     "parse_listen",
 ]
 
@@ -152,6 +154,62 @@ class DeployConfig(_Section):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_DURATION = re.compile(r"[1-9][0-9]{0,6}[smhd]", re.ASCII)
+
+
+def parse_duration(value: str) -> int:
+    """Seconds in a duration such as ``30s``, ``5m``, ``1h`` or ``1d``; ValueError otherwise."""
+    if not _DURATION.fullmatch(value):
+        raise ValueError("expected a duration such as 30s, 5m, 1h or 1d")
+    return int(value[:-1]) * _DURATION_UNITS[value[-1]]
+
+
+class MetricsConfig(_Section):
+    """The host and service metrics sampler, its history, and ``GET /metrics``."""
+
+    interval: float = Field(default=5.0, ge=0.5, le=300)
+    recent: str = "15m"
+    history: str = "24h"
+    history_resolution: str = "1m"
+    token: str = ""
+    allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    disk_degraded_percent: float = Field(default=90.0, gt=0, le=100)
+    detect_runtimes: bool = True
+
+    @field_validator("recent", "history", "history_resolution")
+    @classmethod
+    def _check_duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("a metrics token needs at least 16 characters")
+        return value
+
+    @field_validator("allow")
+    @classmethod
+    def _check_allow(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> MetricsConfig:
+        recent, history = parse_duration(self.recent), parse_duration(self.history)
+        resolution = parse_duration(self.history_resolution)
+        if resolution < self.interval:
+            raise ValueError("history_resolution must be at least the interval")
+        if recent > history:
+            raise ValueError("recent must not exceed history")
+        if recent / self.interval > 20_000 or history / resolution > 20_000:
+            raise ValueError("at most 20000 points per series: shorten recent/history "
+                             "or lengthen interval/history_resolution")
+        return self
+
 
 class AgentConfig(_Section):
     """The whole configuration. Frozen: it never changes while the agent runs."""
@@ -164,6 +222,7 @@ class AgentConfig(_Section):
     instance: InstanceConfig = InstanceConfig()
     services: ServicesConfig = ServicesConfig()
     deploy: DeployConfig = DeployConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:

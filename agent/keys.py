@@ -9,23 +9,28 @@ from agent.auth.accounts import AccountService
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.events import EventBus
+from agent.instance import InstanceService
+from agent.metrics import AgentMetrics, Sampler
 from agent.projects import ProjectService
 from agent.ratelimit import Decision, RateLimits
 from agent.store import Database
 
 __all__ = [
     "ACCOUNTS_KEY",
+    "AGENT_METRICS_KEY",
     "AUTH_KEY",
     "BUS_KEY",
     "CLOCK_KEY",
     "CONFIG_KEY",
     "DB_KEY",
+    "INSTANCE_KEY",
     "OPENAPI_KEY",
     "PRINCIPAL_KEY",
     "PROJECTS_KEY",
     "RATE_DECISION_KEY",
     "RATE_LIMITS_KEY",
     "REQUEST_ID_KEY",
+    "SAMPLER_KEY",
     "STARTED_AT_KEY",
 ]
 
@@ -43,3 +48,6 @@ RATE_DECISION_KEY = web.RequestKey("rate_decision", Decision)
 PROJECTS_KEY = web.AppKey("projects", ProjectService)
 ACCOUNTS_KEY = web.AppKey("accounts", AccountService)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
+SAMPLER_KEY = web.AppKey("sampler", Sampler)
+INSTANCE_KEY = web.AppKey("instance", InstanceService)
+AGENT_METRICS_KEY = web.AppKey("agent_metrics", AgentMetrics)

@@ -7,11 +7,25 @@ runtime and must be tested deterministically.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
 
 from agent.deploy.errors import StartFailed
 from agent.deploy.pipeline import StartRequest
+from agent.metrics.readings import (
+    Address,
+    CpuTimes,
+    DiskReading,
+    HostReading,
+    IoCounters,
+    MemoryReading,
+    NicCounters,
+)
+from agent.metrics.sources import ServiceProcess
 
-__all__ = ["FakeClock", "FakeStarter"]
+__all__ = ["FakeClock", "FakeStarter", "ScriptedHostReader", "StaticServices", "host_reading"]
 
 
 class FakeClock:
@@ -70,3 +84,57 @@ class FakeStarter:
                 raise self.fail_with
         finally:
             self.active -= 1
+
+class StaticServices:
+    """An in-memory ``ServiceSource``: tests add, change and remove services by hand."""
+
+    def __init__(self, services: Iterable[ServiceProcess] = ()) -> None:
+        self._services: dict[str, ServiceProcess] = {s.service_id: s for s in services}
+
+    def services(self) -> Sequence[ServiceProcess]:
+        return tuple(self._services.values())
+
+    def put(self, service: ServiceProcess) -> None:
+        """Add the service, or replace the one with its id."""
+        self._services[service.service_id] = service
+
+    def remove(self, service_id: str) -> None:
+        self._services.pop(service_id, None)
+
+
+def host_reading(**changes: Any) -> HostReading:
+    """A plausible ``HostReading`` (2 cores, 8 GiB, one disk, one NIC) with ``changes``."""
+    base = HostReading(
+        cpu=(CpuTimes(busy=100.0, total=1000.0), CpuTimes(busy=200.0, total=1000.0)),
+        load=(0.5, 0.4, 0.3),
+        memory=MemoryReading(total=8 << 30, available=6 << 30, used=2 << 30,
+                             swap_total=1 << 30, swap_used=0, swap_free=1 << 30),
+        disks=(DiskReading(mountpoint="/", device="/dev/sda1", fstype="ext4",
+                           total=100 << 30, used=40 << 30, free=60 << 30,
+                           inodes_total=1000, inodes_free=900),),
+        disk_io=IoCounters(read_bytes=0, write_bytes=0, read_count=0, write_count=0),
+        nics={"eth0": NicCounters(bytes_recv=0, bytes_sent=0, packets_recv=0, packets_sent=0)},
+        process_count=100,
+        boot_time=1_699_990_000.0,
+        addresses=(Address(interface="eth0", address="192.0.2.10", family="ipv4"),),
+    )
+    return replace(base, **changes)
+
+
+class ScriptedHostReader:
+    """A ``HostReader`` that returns readings a test queued, then repeats the last one."""
+
+    def __init__(self, *readings: HostReading) -> None:
+        self._queue: deque[HostReading] = deque(readings or (host_reading(),))
+        self._last = self._queue[0]
+        self.reads = 0
+
+    def push(self, reading: HostReading) -> None:
+        """Queue the reading for a later sample."""
+        self._queue.append(reading)
+
+    def read(self) -> HostReading:
+        self.reads += 1
+        if self._queue:
+            self._last = self._queue.popleft()
+        return self._last

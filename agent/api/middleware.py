@@ -34,6 +34,7 @@ from agent.errors import (
 )
 from agent.ids import new_id
 from agent.keys import (
+    AGENT_METRICS_KEY,
     AUTH_KEY,
     CONFIG_KEY,
     PRINCIPAL_KEY,
@@ -105,6 +106,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = 499  # the client went away
         raise
     finally:
+        if (metrics := request.app.get(AGENT_METRICS_KEY)) is not None:
+            resource = request.match_info.route.resource
+            metrics.observe_request(request.method, resource.canonical if resource else "unmatched",
+                                    status, time.perf_counter() - started)
         if request.app[CONFIG_KEY].logging.access_log:
             principal = request.get(PRINCIPAL_KEY)
             route = request.match_info.route.resource

@@ -48,6 +48,9 @@ def make_config(state_dir: Path, **sections: dict[str, Any]) -> AgentConfig:
         "state": {"dir": str(state_dir)},
         "auth": {"hash_time_cost": 1, "hash_memory_kib": 64, "hash_parallelism": 1},
         "logging": {"access_log": False},
+        # Probing node/python/go/docker costs four processes per app; tests that need it
+        # turn it back on or inject a detector.
+        "metrics": {"detect_runtimes": False},
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)

@@ -5,8 +5,10 @@ Sources, later ones winning:
 1. the embedded defaults below (enough to run with no file at all);
 2. a TOML file (``dployr-agent serve --config PATH``);
 3. environment variables ``DPLOYR_<SECTION>__<KEY>``, e.g. ``DPLOYR_SERVER__LISTEN=127.0.0.1:7999``.
-   A value is read as a TOML value when it parses as one (``60``, ``true``, ``["/srv"]``),
-   otherwise as a plain string.
+   The value is read according to the key's type: text and paths are taken as they are;
+   other values are read as a TOML value when they parse as one (``60``, ``true``,
+   ``["/srv"]``, ``{ region = "eu" }``), and a list may also be given comma-separated
+   (``10.0.0.0/8,192.168.0.0/16``). Pydantic then coerces and validates as for the file.
 
 Every model forbids unknown keys, so a misspelled key stops the start with a ``ConfigError``
 naming it. Nothing here reads the environment at import time: ``load_config`` is the only entry.
@@ -19,7 +21,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -140,21 +142,41 @@ class AgentConfig(_Section):
     services: ServicesConfig = ServicesConfig()
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]],
+                                                       dict[tuple[str, str], str]]:
+    """The overrides found in ``environ``, and which variable set each (section, key)."""
     overrides: dict[str, dict[str, Any]] = {}
+    sources: dict[tuple[str, str], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX) :].partition("__")
-        overrides.setdefault(section.lower(), {})[key.lower()] = _parse_env_value(raw)
-    return overrides
+        section, key = section.lower(), key.lower()
+        overrides.setdefault(section, {})[key] = _parse_env_value(raw, _annotation(section, key))
+        sources[(section, key)] = name
+    return overrides, sources
 
 
-def _parse_env_value(raw: str) -> Any:
+def _annotation(section: str, key: str) -> Any:
+    """The declared type of ``section.key``, or None for a key that does not exist."""
+    field = AgentConfig.model_fields.get(section)
+    model = field.annotation if field is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    entry = model.model_fields.get(key)
+    return entry.annotation if entry is not None else None
+
+
+def _parse_env_value(raw: str, annotation: Any) -> Any:
+    if annotation in (str, Path) or get_origin(annotation) is Literal:
+        return raw  # "123" or "true" stays text where text is expected
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        return raw
+        value = raw
+    if get_origin(annotation) is tuple and isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -165,12 +187,16 @@ def _merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[s
     return merged
 
 
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+def _describe(error: ValidationError, sources: Mapping[tuple[str, str], str]) -> str:
+    first = error.errors(include_url=False, include_input=False)[0]
+    loc = tuple(str(part) for part in first["loc"])
+    key = ".".join(loc) or "(top level)"
+    origin = sources.get(loc[:2]) if len(loc) >= 2 else None
+    where = f" (set by {origin})" if origin else ""
     if first["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
-    return f"bad value for '{key}': {first['msg']}"
+        return f"unknown key '{key}'{where}"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"bad value for '{key}'{where}: {message}"
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -189,9 +215,10 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    data = _merge(data, _env_overrides(environ))
+    overrides, sources = _env_overrides(environ)
+    data = _merge(data, overrides)
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
         source = f" in {path}" if path is not None else ""
-        raise ConfigError(f"config error{source}: {_describe(exc)}") from None
+        raise ConfigError(f"config error{source}: {_describe(exc, sources)}") from None

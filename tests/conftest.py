@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ from agent.app import AdminSeed, create_app
 from agent.config import AgentConfig
 from agent.testing import FakeClock
 from tests.support.agent import ADMIN_EMAIL, ADMIN_PASSWORD, LiveAgent, make_config
-
 
 Client = TestClient  # the type of the ``client`` fixture
 

@@ -7,6 +7,7 @@ Nothing here reads the environment: the CLI passes what it read.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -142,8 +143,14 @@ def _admin_ctx(seed: AdminSeed) -> CleanupCtx:
 def _announce_generated_password(state_dir: Path, email: str, password: str) -> None:
     path = state_dir / INITIAL_PASSWORD_FILE
     path.unlink(missing_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(f"{email}\n{password}\n", encoding="utf-8")
+    # O_EXCL with 0600: the file never exists with looser permissions, even for a moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, f"{email}\n{password}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     # Printed once, deliberately not through the logger: it is the one secret a user must see.
     print(f"dployr-agent: created the first admin {email} with password {password}\n"
-          f"dployr-agent: (also saved in {path}; delete it after logging in)", file=sys.stderr)
+          f"dployr-agent: (also saved in {path}; delete it after logging in)", file=sys.stderr,
+          flush=True)

@@ -67,21 +67,23 @@ async def _serve(config: AgentConfig) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=config.server.shutdown_timeout,
                            keepalive_timeout=config.server.keepalive_timeout)
-    await runner.setup()
-    host, port = parse_listen(config.server.listen)
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await runner.setup()  # opens the store (integrity check, migrations), seeds the admin
+    host, port = parse_listen(config.server.listen)
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
     try:
-        await site.start()
-        log.info("agent_listening", address=config.server.listen, version=__version__)
-        notifier.notify("READY=1")
-        async with notifier.watchdog():
-            await stop.wait()
+        if not stop.is_set():
+            await site.start()
+            log.info("agent_listening", address=config.server.listen, version=__version__)
+            notifier.notify("READY=1")
+            async with notifier.watchdog():
+                await stop.wait()
     finally:
-        # Stop accepting, let in-flight requests finish, tear down (apps keep running).
+        # Stop accepting, let in-flight requests finish (up to shutdown_timeout), then close
+        # the store. Apps are never touched: they outlive the agent.
         notifier.notify("STOPPING=1")
         log.info("agent_stopping")
         await runner.cleanup()

@@ -191,7 +191,7 @@ def _describe(error: ValidationError, sources: Mapping[tuple[str, str], str]) ->
     first = error.errors(include_url=False, include_input=False)[0]
     loc = tuple(str(part) for part in first["loc"])
     key = ".".join(loc) or "(top level)"
-    origin = sources.get(loc[:2]) if len(loc) >= 2 else None
+    origin = sources.get((loc[0], loc[1])) if len(loc) >= 2 else None
     where = f" (set by {origin})" if origin else ""
     if first["type"] == "extra_forbidden":
         return f"unknown key '{key}'{where}"

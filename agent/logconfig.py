@@ -62,8 +62,13 @@ class _StdlibBridge(logging.Handler):
         log.log(record.levelno, "library_log", message=str(record.msg)[:200], **fields)
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog (and route the standard library's logging through it)."""
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None,
+                      *, cache_loggers: bool = True) -> None:
+    """Set up structlog (and route the standard library's logging through it).
+
+    ``cache_loggers=False`` lets a test configure logging again later (cached loggers keep
+    the configuration they were first used with).
+    """
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = (structlog.processors.JSONRenderer() if use_json
@@ -79,7 +84,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache_loggers,
     )
     root = logging.getLogger()
     root.handlers[:] = [_StdlibBridge()]

@@ -65,7 +65,10 @@ async def refresh(request: web.Request, body: RefreshRequest) -> web.Response:
     return _tokens(await request.app[AUTH_KEY].refresh(body.refresh_token))
 
 
-@routes.post("/v1/auth/logout", summary="End this login session", access="viewer", status=204)
+@routes.post("/v1/auth/logout", summary="End this login session", access="viewer", status=204,
+             errors=(400,),
+             description="Revokes the session: its access and refresh tokens stop working. "
+                         "Machine tokens get 400: revoke them with DELETE /v1/tokens/{id}.")
 async def logout(request: web.Request) -> None:
     await request.app[AUTH_KEY].logout(principal_of(request))
 

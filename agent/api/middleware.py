@@ -51,6 +51,8 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MAX_TOKEN_LENGTH = 4096
+# Tokens we issue are URL-safe base64 and dots; anything else cannot be one of ours.
+_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 
 
 def _request_id(request: web.Request) -> str:
@@ -163,7 +165,8 @@ def _bearer(request: web.Request) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_LENGTH:
+    if (scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_LENGTH
+            or not _TOKEN.fullmatch(token)):
         raise Unauthorized("Malformed Authorization header; expected 'Bearer <token>'")
     return token
 

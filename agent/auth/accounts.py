@@ -9,7 +9,7 @@ from agent.auth.passwords import PasswordHasher
 from agent.auth.principal import Role
 from agent.clock import Clock
 from agent.errors import Conflict, InvalidRequest, NotFound
-from agent.store import Database
+from agent.store import Database, Tx
 
 __all__ = ["AccountService"]
 
@@ -74,11 +74,13 @@ class AccountService:
 
     async def ensure_initial_admin(self, email: str, password: str) -> bool:
         """Create the first admin if there are no users yet; True if one was created."""
+        if users.count_users(self._db.reader):
+            return False  # the usual case: no hashing work at start
         password_hash = await self._hasher.hash(password)
         now = self._clock.time()
 
-        def _bootstrap(tx: object) -> bool:
-            conn = tx.conn  # type: ignore[attr-defined]
+        def _bootstrap(tx: Tx) -> bool:
+            conn = tx.conn
             if users.count_users(conn):
                 return False
             users.add_user(conn, email=email, password_hash=password_hash, role="admin", now=now)

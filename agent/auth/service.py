@@ -123,7 +123,8 @@ class AuthService:
     async def logout(self, principal: Principal) -> None:
         """Revoke the caller's session: its access and refresh tokens stop working."""
         if principal.session_id is None:
-            raise InvalidRequest("Machine tokens are revoked with 'dployr-agent token revoke'",
+            raise InvalidRequest("Machine tokens are revoked with DELETE /v1/tokens/{id} or "
+                                 "'dployr-agent token revoke'",
                                  field="authorization", issue="Not a login session")
         now = self._clock.time()
         session_id = principal.session_id

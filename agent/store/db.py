@@ -13,6 +13,7 @@ survives a kill -9 or a power cut.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 from agent.clock import Clock, SystemClock
 from agent.events import Event, EventBus
 from agent.ids import new_id
-from agent.store.migrations import migrate
+from agent.store.migrations import MigrationError, migrate
 
 __all__ = ["Database", "StoreError", "Tx", "connect", "ensure_private_dir", "ensure_private_file"]
 
@@ -48,32 +49,49 @@ def ensure_private_file(path: Path) -> None:
     path.chmod(0o600)
 
 
+_RECOVERY = "restore it from a backup, or move it away to start with an empty state"
+
+
 def connect(path: Path, *, check: bool = True) -> sqlite3.Connection:
     """Open the database file, set the pragmas, check integrity and apply migrations.
 
-    For synchronous users (the CLI) and for the writer thread. Raises StoreError when the
-    file is not a usable database.
+    For synchronous users (the CLI) and for the writer thread. Raises StoreError, with one
+    line saying what is wrong and what to do, when the file is not a usable database.
     """
     ensure_private_dir(path.parent)
     ensure_private_file(path)
+    conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"the database {path} cannot use WAL mode (got {mode!r})")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
         if check:
-            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            result = [str(row[0]) for row in conn.execute("PRAGMA integrity_check(10)")]
             if result != ["ok"]:
-                conn.close()
-                raise StoreError(
-                    f"the database {path} is corrupt ({'; '.join(result[:3])}); "
-                    "restore it from a backup or move it away to start empty")
+                problems = "; ".join(" ".join(r.split()) for r in result[:3])
+                raise StoreError(f"the database {path} is corrupt ({problems}); {_RECOVERY}")
         migrate(conn)
-    except sqlite3.DatabaseError as exc:
+    except MigrationError as exc:
+        _close_quietly(conn)
         raise StoreError(f"cannot use the database {path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        _close_quietly(conn)
+        raise StoreError(f"the database {path} is unreadable or corrupt ({exc}); {_RECOVERY}") from None
+    except StoreError:
+        _close_quietly(conn)
+        raise
     return conn
+
+
+def _close_quietly(conn: sqlite3.Connection | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
 
 def _reader(path: Path) -> sqlite3.Connection:

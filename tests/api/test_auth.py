@@ -227,11 +227,13 @@ async def test_tampered_tokens_are_refused(client: Client, state_dir: Path) -> N
 ])
 async def test_malformed_authorization_header_is_401(client: Client, header: str) -> None:
     """A malformed Authorization header gets 401 with WWW-Authenticate: Bearer, never 5xx."""
-    resp = await client.get("/v1/auth/me", headers={"Authorization": header.encode("utf-8").decode("latin-1")})
+    raw = header.encode("utf-8").decode("latin-1")
+    resp = await client.get("/v1/auth/me", headers={"Authorization": raw})
     await _assert_unauthorized(resp)
 
 
-async def test_machine_token_from_api_works_until_revoked(client: Client, admin_headers: dict[str, str]) -> None:
+async def test_machine_token_from_api_works_until_revoked(client: Client,
+                                                          admin_headers: dict[str, str]) -> None:
     """A machine token acts with its role until it is revoked, then gets 401."""
     resp = await client.post("/v1/tokens", json={"name": "control-plane", "role": "viewer"},
                              headers=admin_headers)

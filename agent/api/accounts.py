@@ -73,7 +73,8 @@ async def create_user(request: web.Request, body: UserCreate) -> User:
 
 
 @routes.delete("/v1/users/{id}", summary="Remove a user and end their sessions", access="admin",
-               status=204)
+               status=204, errors=(409,),
+               description="409 for the last admin: add another admin first.")
 async def delete_user(request: web.Request) -> None:
     await request.app[ACCOUNTS_KEY].remove_user(request.match_info["id"])
 

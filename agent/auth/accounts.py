@@ -51,11 +51,27 @@ class AccountService:
                            details={"field": "email", "issue": "Already taken"}) from None
 
     async def remove_user(self, user_id: str) -> None:
-        """Delete a user and end their sessions; NotFound if absent."""
-        deleted = await self._db.write(lambda tx: tx.execute(
-            "DELETE FROM users WHERE id = ?", (user_id,)).rowcount)
-        if not deleted:
+        """Delete a user and end their sessions.
+
+        NotFound if absent; Conflict for the last admin (nobody could manage the agent).
+        """
+
+        def _remove(tx: Tx) -> str:
+            row = tx.execute("SELECT role FROM users WHERE id = ?", (user_id,)).fetchone()
+            if row is None:
+                return "missing"
+            if row["role"] == "admin" and tx.execute(
+                    "SELECT count(*) FROM users WHERE role = 'admin'").fetchone()[0] <= 1:
+                return "last_admin"
+            tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
+            return "deleted"
+
+        outcome = await self._db.write(_remove)
+        if outcome == "missing":
             raise NotFound(f"No user with id '{user_id}'")
+        if outcome == "last_admin":
+            raise Conflict("This is the last admin; add another admin before removing it",
+                           details={"field": "id", "issue": "Last admin"})
 
     def list_tokens(self) -> list[users.ApiToken]:
         return users.list_tokens(self._db.reader)

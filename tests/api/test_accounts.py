@@ -10,7 +10,8 @@ from tests.support.api import assert_error
 async def test_add_list_and_remove_users(client: Client, admin_headers: dict[str, str]) -> None:
     """An admin adds a user who can log in, sees them listed, removes them: their token dies."""
     resp = await client.post("/v1/users", headers=admin_headers,
-                             json={"email": "Dev@Example.COM", "password": "dev-password", "role": "developer"})
+                             json={"email": "Dev@Example.COM", "password": "dev-password",
+                                   "role": "developer"})
     assert resp.status == 201
     user = await resp.json()
     assert user["email"] == "Dev@example.com" and user["role"] == "developer"

@@ -131,7 +131,7 @@ def _cmd_user(args: argparse.Namespace) -> int:
                 print(f"{user.id}\t{user.email}\t{user.role}")
             return 0
         if args.action == "remove":
-            return 0 if users.remove_user(conn, args.email) else _fail(f"no user {args.email}")
+            return _remove_user(conn, args.email)
         try:
             password, generated = _read_password(args, config)
         except ValueError as exc:
@@ -157,6 +157,21 @@ def _cmd_user(args: argparse.Namespace) -> int:
         return 0
     finally:
         conn.close()
+
+
+def _remove_user(conn: sqlite3.Connection, email: str) -> int:
+    from agent.auth import users
+
+    found = users.find_user_by_email(conn, email)
+    if found is None:
+        return _fail(f"no user {email}")
+    with conn:
+        admins = conn.execute("SELECT count(*) FROM users WHERE role = 'admin'").fetchone()[0]
+        if found[0].role == "admin" and admins <= 1:
+            return _fail(f"{email} is the last admin; add another admin first")
+        users.remove_user(conn, email)
+    print(f"removed {found[0].email}")
+    return 0
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

@@ -91,7 +91,8 @@ def test_user_add_list_passwd_remove(tmp_path: Path) -> None:
     assert bad.returncode == 2
     changed = run_cli(state, "user", "passwd", "dev@example.com", "--password-stdin", stdin="new-password\n")
     assert changed.returncode == 0 and "sessions were ended" in changed.stdout
-    missing = run_cli(state, "user", "passwd", "ghost@example.com", "--password-stdin", stdin="new-password\n")
+    missing = run_cli(state, "user", "passwd", "ghost@example.com", "--password-stdin",
+                      stdin="new-password\n")
     assert missing.returncode == 1
     last = run_cli(state, "user", "remove", "ops@example.com")
     assert last.returncode == 1 and "last admin" in last.stderr
@@ -125,7 +126,8 @@ def test_token_create_list_revoke(tmp_path: Path) -> None:
     assert run_cli(state, "token", "revoke", token_id).returncode == 1
 
 
-@pytest.mark.parametrize("args", [[], ["user"], ["token", "create"], ["user", "add", "x@y.z", "--role", "root"]])
+@pytest.mark.parametrize("args", [[], ["user"], ["token", "create"],
+                                  ["user", "add", "x@y.z", "--role", "root"]])
 def test_bad_usage_exits_2(tmp_path: Path, args: list[str]) -> None:
     """Missing or invalid arguments exit 2 with usage on stderr."""
     result = run_cli(tmp_path / "state", *args)

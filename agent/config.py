@@ -91,7 +91,7 @@ class AuthConfig(_Section):
     refresh_token_ttl: int = Field(default=30 * 86_400, ge=300, le=365 * 86_400)
     login_attempts_per_account: int = Field(default=10, ge=1, le=10_000)
     login_window_seconds: int = Field(default=900, ge=1, le=86_400)
-    password_min_length: int = Field(default=8, ge=1, le=1024)
+    password_min_length: int = Field(default=8, ge=8, le=1024)
     hash_time_cost: int = Field(default=3, ge=1, le=20)
     hash_memory_kib: int = Field(default=65_536, ge=8, le=4_194_304)
     hash_parallelism: int = Field(default=2, ge=1, le=64)

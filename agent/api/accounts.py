@@ -21,7 +21,9 @@ routes = EndpointTable("accounts")
 
 class UserCreate(ApiModel):
     email: str = Field(max_length=320, pattern=EMAIL_PATTERN, examples=["dev@example.com"])
-    password: str = Field(min_length=1, max_length=1024)
+    password: str = Field(min_length=8, max_length=1024, examples=["a-long-passphrase"],
+                          description="At least 8 characters, or auth.password_min_length if "
+                                      "that is set higher")
     role: Role = "developer"
 
 

@@ -50,7 +50,7 @@ def _tokens(pair: TokenPair) -> web.Response:
 
 
 @routes.post("/v1/auth/login", summary="Log in with email and password", access="public",
-             body=LoginRequest, response=TokenResponse,
+             body=LoginRequest, response=TokenResponse, errors=(401,),
              description="The same 401 for an unknown email and a wrong password. Failed "
                          "logins are also limited per account (429).")
 async def login(request: web.Request, body: LoginRequest) -> web.Response:
@@ -58,7 +58,7 @@ async def login(request: web.Request, body: LoginRequest) -> web.Response:
 
 
 @routes.post("/v1/auth/refresh", summary="Exchange a refresh token for new tokens",
-             access="public", body=RefreshRequest, response=TokenResponse,
+             access="public", body=RefreshRequest, response=TokenResponse, errors=(401,),
              description="The refresh token rotates: each is good once. Presenting a used one "
                          "revokes the whole session.")
 async def refresh(request: web.Request, body: RefreshRequest) -> web.Response:
@@ -66,9 +66,9 @@ async def refresh(request: web.Request, body: RefreshRequest) -> web.Response:
 
 
 @routes.post("/v1/auth/logout", summary="End this login session", access="viewer", status=204,
-             errors=(400,),
+             errors=(403,),
              description="Revokes the session: its access and refresh tokens stop working. "
-                         "Machine tokens get 400: revoke them with DELETE /v1/tokens/{id}.")
+                         "Machine tokens get 403: revoke them with DELETE /v1/tokens/{id}.")
 async def logout(request: web.Request) -> None:
     await request.app[AUTH_KEY].logout(principal_of(request))
 

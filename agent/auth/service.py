@@ -24,7 +24,7 @@ from agent.auth.tokens import (
 from agent.auth.users import find_user_by_email
 from agent.clock import Clock
 from agent.config import AuthConfig
-from agent.errors import InvalidRequest, RateLimited, Unauthorized
+from agent.errors import Forbidden, RateLimited, Unauthorized
 from agent.ids import new_id
 from agent.ratelimit import RateLimiter
 from agent.store import Database, Tx
@@ -123,9 +123,8 @@ class AuthService:
     async def logout(self, principal: Principal) -> None:
         """Revoke the caller's session: its access and refresh tokens stop working."""
         if principal.session_id is None:
-            raise InvalidRequest("Machine tokens are revoked with DELETE /v1/tokens/{id} or "
-                                 "'dployr-agent token revoke'",
-                                 field="authorization", issue="Not a login session")
+            raise Forbidden("Machine tokens cannot log out; revoke them with DELETE /v1/tokens/{id} "
+                            "or 'dployr-agent token revoke'", details={"issue": "Not a login session"})
         now = self._clock.time()
         session_id = principal.session_id
         await self._db.write(lambda tx: tx.execute(

@@ -249,11 +249,12 @@ async def test_machine_token_from_api_works_until_revoked(client: Client,
 
 
 async def test_machine_token_cannot_log_out(client: Client, admin_headers: dict[str, str]) -> None:
-    """Logout with a machine token is a 400 that says how to revoke it instead."""
+    """Logout with a machine token is a 403 that says how to revoke it instead."""
     created = await (await client.post("/v1/tokens", json={"name": "ci", "role": "admin"},
                                        headers=admin_headers)).json()
     resp = await client.post("/v1/auth/logout", headers=bearer(created["token"]))
-    await assert_error(resp, 400, "invalid_request")
+    error = await assert_error(resp, 403, "forbidden")
+    assert "DELETE /v1/tokens/" in error["message"]
     assert (await client.get("/v1/auth/me", headers=bearer(created["token"]))).status == 200
 
 

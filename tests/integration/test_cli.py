@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from agent import __version__
-from tests.support.agent import ADMIN_EMAIL, FAST_HASH_ENV, LiveAgent
-
-
-def run_cli(state_dir: Path, *args: str, stdin: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``dployr-agent ARGS`` with the state in ``state_dir``; stdin is not a terminal."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DPLOYR_")}
-    full_env.update(FAST_HASH_ENV)
-    full_env["DPLOYR_STATE__DIR"] = str(state_dir)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "agent", *args], input=stdin or "",
-                          capture_output=True, text=True, env=full_env, timeout=60, check=False)
+from tests.support.agent import ADMIN_EMAIL, LiveAgent
+from tests.support.cli import run_cli
 
 
 def test_version(tmp_path: Path) -> None:

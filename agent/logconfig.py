@@ -14,6 +14,7 @@ import traceback
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import pydantic_core
 import structlog
 
 __all__ = ["REDACTED", "configure_logging", "redact"]
@@ -26,12 +27,31 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+_sensitive_keys: dict[str, bool] = {}  # key -> whether it names a secret (keys come from code)
+
+
+def _is_sensitive(key: str) -> bool:
+    known = _sensitive_keys.get(key)
+    if known is None:
+        known = _SENSITIVE.search(key) is not None
+        if len(_sensitive_keys) < 4096:
+            _sensitive_keys[key] = known
+    return known
+
+
 def redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: blank the value of any key that names a secret."""
     for key in event_dict:
-        if _SENSITIVE.search(key):
+        if _is_sensitive(key):
             event_dict[key] = REDACTED
     return event_dict
+
+
+def _render_json(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> str:
+    """The event as one JSON line. pydantic-core's encoder (Rust) is several times faster than
+    the json module on this path, which runs once per request; anything it cannot encode is
+    written as its ``str``."""
+    return pydantic_core.to_json(event_dict, fallback=str).decode()
 
 
 EventDict = MutableMapping[str, Any]
@@ -71,8 +91,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     """
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    renderer: Any = (structlog.processors.JSONRenderer() if use_json
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = _render_json if use_json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -15,6 +15,7 @@ from agent.auth.passwords import PasswordHasher
 from agent.auth.principal import Principal
 from agent.auth.tokens import (
     API_TOKEN_PREFIX,
+    AccessClaims,
     TokenError,
     decode_access_token,
     hash_token,
@@ -33,6 +34,7 @@ __all__ = ["AuthService", "TokenPair"]
 
 _BAD_LOGIN = "Invalid email or password"
 _BAD_TOKEN = "Invalid or expired token"
+_VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,10 @@ class AuthService:
         self._clock = clock
         self._failed_logins = RateLimiter(config.login_attempts_per_account,
                                           config.login_window_seconds, clock, max_keys=100_000)
+        # Verified access tokens -> their claims. A token is an exact signed string, so a hit
+        # stands for a signature already checked; expiry and the session are still checked
+        # on every request. Bounded: at worst a token is verified again.
+        self._verified: dict[str, AccessClaims] = {}
 
     async def login(self, email: str, password: str) -> TokenPair:
         """Check the credentials and open a session.
@@ -135,10 +141,19 @@ class AuthService:
         """The caller a bearer token stands for; raise Unauthorized if it is not valid now."""
         if token.startswith(API_TOKEN_PREFIX):
             return self._machine_principal(token)
-        try:
-            claims = decode_access_token(self._secret, token, now=self._clock.time())
-        except TokenError:
-            raise Unauthorized(_BAD_TOKEN) from None
+        now = self._clock.time()
+        claims = self._verified.get(token)
+        if claims is None:
+            try:
+                claims = decode_access_token(self._secret, token, now=now)
+            except TokenError:
+                raise Unauthorized(_BAD_TOKEN) from None
+            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = claims
+        elif claims.expires_at <= now:
+            del self._verified[token]
+            raise Unauthorized(_BAD_TOKEN)
         row = self._db.query_one(
             "SELECT u.email, u.role, s.revoked_at FROM sessions s JOIN users u ON u.id = s.user_id"
             " WHERE s.id = ? AND u.id = ?", (claims.session_id, claims.user_id))

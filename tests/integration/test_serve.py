@@ -235,7 +235,7 @@ def test_secrets_never_appear_in_the_log(live_agent: LiveAgent) -> None:
     live_agent.stop()
 
     log = live_agent.log()
-    assert '"event": "http_request"' in log  # the access log was on
+    assert sum(r["event"] == "http_request" for r in _log_records(live_agent)) >= 10  # access log on
     secret = (live_agent.state_dir / "jwt-secret").read_text().strip()
     values = [*canaries, access, refresh, rotated["access_token"], rotated["refresh_token"],
               machine["token"], secret, "Bearer "]

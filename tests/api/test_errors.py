@@ -197,6 +197,7 @@ async def test_500_hides_internals_and_logs_no_traceback(aiohttp_client: Any, st
     assert "test_errors.py" in failure["where"]
     [line] = [r for r in log.events("http_request") if r.get("path") == "/v1/test-only/boom"]
     assert line["status"] == 500 and line["request_id"] == "req-boom-1"
+    assert line["method"] == "GET" and isinstance(line["duration_ms"], float)
 
 
 async def test_request_id_on_every_response(client: Client, admin_headers: dict[str, str]) -> None:

@@ -6,6 +6,8 @@ Nothing here reads the environment: the CLI passes what it read.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -115,6 +117,7 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_admin_ctx(admin or AdminSeed()))
+    app.cleanup_ctx.append(_session_pruning_ctx)
     return app
 
 
@@ -125,6 +128,29 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await db.close()
     log.info("store_closed")
+
+
+SESSION_PRUNE_INTERVAL = 3600.0
+
+
+async def _session_pruning_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Delete expired sessions and refresh tokens at start and then hourly."""
+
+    async def prune_forever() -> None:
+        while True:
+            try:
+                deleted = await app[AUTH_KEY].prune()
+                if deleted:
+                    log.info("sessions_pruned", count=deleted)
+            except Exception as exc:  # keep pruning later; the store reports its own errors
+                log.warning("session_prune_failed", error_type=type(exc).__name__)
+            await asyncio.sleep(SESSION_PRUNE_INTERVAL)
+
+    task = asyncio.create_task(prune_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _admin_ctx(seed: AdminSeed) -> CleanupCtx:

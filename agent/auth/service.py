@@ -8,7 +8,6 @@ because every bearer check looks the session up (one indexed read, inline).
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from agent.auth.passwords import PasswordHasher
@@ -115,6 +114,9 @@ class AuthService:
                 return "reused"
             tx.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?",
                        (now, token_hash))
+            # A session lives while it is used: it ends refresh_token_ttl after its last refresh.
+            tx.execute("UPDATE sessions SET expires_at = ? WHERE id = ?",
+                       (now + self._config.refresh_token_ttl, row["session_id"]))
             self._insert_refresh(tx, row["session_id"], fresh, now)
             return row["user_id"], row["session_id"]
 
@@ -181,7 +183,17 @@ class AuthService:
         return TokenPair(access_token=access, refresh_token=refresh,
                          expires_in=self._config.access_token_ttl)
 
-    def prune(self, conn: sqlite3.Connection, now: float) -> None:
-        """Delete sessions and refresh tokens that can no longer be used (inside a write)."""
-        conn.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
-        conn.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (now,))
+    async def prune(self) -> int:
+        """Delete sessions (and with them their refresh tokens) that can no longer be used.
+
+        Used refresh tokens of live sessions are kept: they are how reuse is detected.
+        Returns the number of sessions deleted.
+        """
+        now = self._clock.time()
+
+        def _prune(tx: Tx) -> int:
+            deleted = tx.execute("DELETE FROM sessions WHERE expires_at < ?", (now,)).rowcount
+            tx.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (now,))
+            return int(deleted)
+
+        return await self._db.write(_prune)

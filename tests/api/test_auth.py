@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from agent.app import AdminSeed, create_app
 from agent.auth import PasswordHasher
+from agent.keys import AUTH_KEY
 from agent.testing import FakeClock
 from tests.conftest import Client, bearer, login
 from tests.support.agent import ADMIN_EMAIL, ADMIN_PASSWORD, make_config
@@ -311,3 +312,23 @@ async def test_login_hashing_does_not_block_the_loop(aiohttp_client: Any, state_
         answered_while_hashing += 1
     assert (await slow).status == 200
     assert answered_while_hashing >= 2
+
+
+async def test_refresh_extends_the_session_and_expired_ones_are_pruned(
+        make_client: Callable[..., Any]) -> None:
+    """Each refresh extends the session by refresh_token_ttl; an idle session expires and is
+    pruned from the store."""
+    clock = FakeClock()
+    client = await make_client(clock=clock, auth={"refresh_token_ttl": 3600})
+    tokens = await login(client)
+    for _ in range(3):  # 3 x 3000 s: longer than one ttl, but never idle for a whole one
+        clock.advance(3000)
+        resp = await client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+        assert resp.status == 200
+        tokens = await resp.json()
+    auth = client.app[AUTH_KEY]  # type: ignore[index]
+    assert await auth.prune() == 0
+    clock.advance(3601)
+    assert await auth.prune() == 1
+    resp = await client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    await _assert_unauthorized(resp)

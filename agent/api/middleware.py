@@ -228,6 +228,8 @@ def make_auth_middleware(trusted_proxies: tuple[str, ...]) -> Callable[..., Awai
 
 async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: X-Request-ID and X-RateLimit-* on every response."""
+    # Set before aiohttp's default ("Python/3.x aiohttp/3.x"): no versions for scanners.
+    response.headers["Server"] = "dployr-agent"
     request_id = request.get(REQUEST_ID_KEY)
     if request_id is not None:
         response.headers["X-Request-ID"] = request_id

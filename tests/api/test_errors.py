@@ -211,3 +211,9 @@ async def test_request_id_on_every_response(client: Client, admin_headers: dict[
         assert resp.headers["X-Request-ID"] != bad and resp.headers["X-Request-ID"].startswith("req_")
     resp = await client.delete("/v1/projects/prj_missing", headers=admin_headers)
     assert resp.status == 404 and resp.headers["X-Request-ID"]
+
+
+async def test_server_header_names_no_versions(client: Client) -> None:
+    """The Server header does not reveal Python or aiohttp versions."""
+    for resp in (await client.get("/v1/health"), await client.get("/v1/nope")):
+        assert resp.headers["Server"] == "dployr-agent"

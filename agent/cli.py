@@ -37,7 +37,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 # -- serve ------------------------------------------------------------------------------------
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from agent.logconfig import configure_logging
+    from agent.logconfig import configure_logging, flush_logs
     from agent.store import StoreError
 
     config = _config(args)
@@ -46,9 +46,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_serve(config))
     except StoreError as exc:
+        flush_logs()
         return _fail(str(exc))
     except OSError as exc:
+        flush_logs()
         return _fail(f"cannot start: {exc.strerror or exc}")
+    finally:
+        flush_logs()
     return 0
 
 
@@ -57,6 +61,7 @@ async def _serve(config: AgentConfig) -> None:
     from aiohttp import web
 
     from agent.app import AdminSeed, create_app
+    from agent.logconfig import flush_logs
     from agent.sdnotify import Notifier
 
     log = structlog.get_logger("agent")
@@ -88,6 +93,7 @@ async def _serve(config: AgentConfig) -> None:
         log.info("agent_stopping")
         await runner.cleanup()
         log.info("agent_stopped")
+        flush_logs()
 
 
 # -- users and tokens (straight on the store; safe while the agent runs: SQLite WAL) ---------

@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from agent.logconfig import configure_logging
+from agent.logconfig import configure_logging, flush_logs
 
 
 class CapturedLog:
@@ -22,6 +22,7 @@ class CapturedLog:
 
     @property
     def text(self) -> str:
+        flush_logs()  # lines logged on the event loop are written in batches
         return self._stream.getvalue()
 
     def records(self) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import re
 import sys
@@ -54,7 +55,10 @@ def _render_json(_logger: Any, _name: str, event_dict: MutableMapping[str, Any])
     """The event as one JSON line. pydantic-core's encoder (Rust) is several times faster than
     the json module on this path, which runs once per request; anything it cannot encode is
     written as its ``str``."""
-    return pydantic_core.to_json(event_dict, fallback=str).decode()
+    try:
+        return pydantic_core.to_json(event_dict, fallback=str).decode()
+    except pydantic_core.PydanticSerializationError:  # e.g. bytes that are not UTF-8
+        return json.dumps(event_dict, default=repr, separators=(",", ":"))
 
 
 EventDict = MutableMapping[str, Any]

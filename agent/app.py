@@ -47,7 +47,7 @@ from agent.keys import (
 )
 from agent.projects import ProjectService
 from agent.ratelimit import RateLimits
-from agent.store import Database, ensure_private_dir
+from agent.store import Database, StateLock, ensure_private_dir
 
 __all__ = ["AdminSeed", "create_app"]
 
@@ -122,11 +122,18 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    lock = StateLock(app[CONFIG_KEY].state.dir)
+    lock.acquire()
     db = app[DB_KEY]
-    await db.open()
+    try:
+        await db.open()
+    except BaseException:
+        lock.release()
+        raise
     log.info("store_opened", path=str(db.path))
     yield
     await db.close()
+    lock.release()
     log.info("store_closed")
 
 

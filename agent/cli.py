@@ -12,6 +12,7 @@ import getpass
 import os
 import secrets
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -36,6 +37,10 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 
 # -- serve ------------------------------------------------------------------------------------
 
+class _StartError(Exception):
+    """The agent cannot start; the message is one line saying why."""
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from agent.logconfig import configure_logging, flush_logs
     from agent.store import StoreError
@@ -45,7 +50,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     os.umask(0o077)
     try:
         asyncio.run(_serve(config))
-    except StoreError as exc:
+    except (StoreError, _StartError) as exc:
         flush_logs()
         return _fail(str(exc))
     except OSError as exc:
@@ -68,7 +73,19 @@ async def _serve(config: AgentConfig) -> None:
     notifier = Notifier()
     admin = AdminSeed(email=os.environ.get("DPLOYR_ADMIN_EMAIL") or "admin@localhost",
                       password=os.environ.get("DPLOYR_ADMIN_PASSWORD") or None)
-    app = create_app(config, admin=admin)
+    # Bind first: a port in use stops the start before any state is touched.
+    host, port = parse_listen(config.server.listen)
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
+                                    else socket.AF_INET, backlog=1024)
+    except OSError as exc:
+        raise _StartError(f"cannot listen on {config.server.listen}: "
+                          f"{(exc.strerror or str(exc)).lower()}") from None
+    try:
+        app = create_app(config, admin=admin)
+    except BaseException:
+        sock.close()
+        raise
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=config.server.shutdown_timeout,
                            keepalive_timeout=config.server.keepalive_timeout)
@@ -76,9 +93,12 @@ async def _serve(config: AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await runner.setup()  # opens the store (integrity check, migrations), seeds the admin
-    host, port = parse_listen(config.server.listen)
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+    try:
+        await runner.setup()  # opens the store (integrity check, migrations), seeds the admin
+    except BaseException:
+        sock.close()
+        raise
+    site = web.SockSite(runner, sock)
     try:
         if not stop.is_set():
             await site.start()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -27,7 +28,15 @@ from agent.events import Event, EventBus
 from agent.ids import new_id
 from agent.store.migrations import MigrationError, migrate
 
-__all__ = ["Database", "StoreError", "Tx", "connect", "ensure_private_dir", "ensure_private_file"]
+__all__ = [
+    "Database",
+    "StateLock",
+    "StoreError",
+    "Tx",
+    "connect",
+    "ensure_private_dir",
+    "ensure_private_file",
+]
 
 T = TypeVar("T")
 
@@ -47,6 +56,39 @@ def ensure_private_file(path: Path) -> None:
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
     os.close(fd)
     path.chmod(0o600)
+
+
+class StateLock:
+    """An exclusive lock on a state directory, so that two agents never share one.
+
+    ``flock`` on ``<dir>/agent.lock``: the kernel releases it when the process ends, however it
+    ends, so a crashed agent never leaves a stale lock. The CLI's user and token commands do
+    not take it: they are meant to run beside the agent.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "agent.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise StoreError naming the process that holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"another dployr-agent (pid {holder}) is using the state dir "
+                             f"{self.path.parent}; stop it first or use another state.dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let the lock go (also happens when the process exits)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 _RECOVERY = "restore it from a backup, or move it away to start with an empty state"

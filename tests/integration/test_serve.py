@@ -242,3 +242,33 @@ def test_secrets_never_appear_in_the_log(live_agent: LiveAgent) -> None:
     for value in values:
         assert value not in log, f"a secret leaked into the log: {value[:12]}..."
     assert "authorization" not in log.lower()
+
+
+# -- one agent per state dir, one per port ----------------------------------------------------
+
+def _serve_once(state: Path, port: int) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DPLOYR_")}
+    env.update(FAST_HASH_ENV, DPLOYR_STATE__DIR=str(state), DPLOYR_SERVER__LISTEN=f"127.0.0.1:{port}")
+    return subprocess.run([sys.executable, "-m", "agent", "serve"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_second_agent_on_the_same_state_dir_is_refused(live_agent: LiveAgent) -> None:
+    """A second ``serve`` on a state dir in use exits 1 naming the running agent's pid."""
+    live_agent.start()
+    assert live_agent.process is not None
+    result = _serve_once(live_agent.state_dir, free_port())
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"pid {live_agent.process.pid}" in lines[0], result.stderr
+    assert live_agent.healthy()
+
+
+def test_port_in_use_is_one_clear_line(live_agent: LiveAgent, tmp_path: Path) -> None:
+    """``serve`` on a port already taken exits 1 with one line saying so."""
+    live_agent.start()
+    result = _serve_once(tmp_path / "other-state", live_agent.port)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in use" in lines[0], result.stderr
+    assert not (tmp_path / "other-state").exists()  # stopped before touching any state

@@ -260,8 +260,7 @@ async def test_machine_token_cannot_log_out(client: Client, admin_headers: dict[
 
 
 async def test_failed_logins_are_limited_per_account(make_client: Callable[..., Any]) -> None:
-    """Many addresses failing on one account lock it (429) even for the right password, until
-    the window passes; other accounts are not affected."""
+    """Failures from many addresses lock one account (429, even the right password) for a while."""
     clock = FakeClock()
     client = await make_client(clock=clock, server={"trusted_proxies": ["127.0.0.1/32"]},
                                auth={"login_attempts_per_account": 5, "login_window_seconds": 600})
@@ -316,8 +315,7 @@ async def test_login_hashing_does_not_block_the_loop(aiohttp_client: Any, state_
 
 async def test_refresh_extends_the_session_and_expired_ones_are_pruned(
         make_client: Callable[..., Any]) -> None:
-    """Each refresh extends the session by refresh_token_ttl; an idle session expires and is
-    pruned from the store."""
+    """Each refresh extends the session; an idle one expires and is pruned from the store."""
     clock = FakeClock()
     client = await make_client(clock=clock, auth={"refresh_token_ttl": 3600})
     tokens = await login(client)

@@ -173,8 +173,7 @@ async def test_429_envelope(make_client: Callable[..., Any]) -> None:
 
 
 async def test_500_hides_internals_and_logs_no_traceback(aiohttp_client: Any, state_dir: Path) -> None:
-    """An unexpected exception is 500 internal_error with the request id; nothing of the
-    exception reaches the client, and the log line has its type and place but no text."""
+    """A crash is 500 with the request id only; the log has its type and place, no text."""
     secret_text = "db-password=Hunter2-Canary"
 
     async def boom(request: web.Request) -> web.Response:

@@ -42,8 +42,7 @@ def test_first_start_with_admin_from_environment(live_agent: LiveAgent) -> None:
 
 
 def test_first_start_generates_a_password_once(live_agent: LiveAgent) -> None:
-    """Without the variables a random password is printed once to stderr and saved 0600;
-    a second start prints nothing."""
+    """Without the variables a password is printed once and saved 0600; a restart prints none."""
     live_agent.extra_env = {"DPLOYR_ADMIN_EMAIL": "", "DPLOYR_ADMIN_PASSWORD": ""}
     old_umask = os.umask(0o022)
     try:

@@ -16,8 +16,7 @@ from tests.support.logs import captured_agent_log
 
 
 def test_json_lines_with_context_and_redaction() -> None:
-    """Each event is one JSON line with level, timestamp and bound context; secret-named
-    fields are blanked."""
+    """One JSON line per event with level, timestamp and context; secret-named fields blanked."""
     with captured_agent_log() as log:
         structlog.contextvars.bind_contextvars(request_id="req_1")
         try:

@@ -65,6 +65,7 @@ async def _serve(config: AgentConfig) -> None:
     import structlog
     from aiohttp import web
 
+    from agent.api.server import AgentRunner
     from agent.app import AdminSeed, create_app
     from agent.logconfig import flush_logs
     from agent.sdnotify import Notifier
@@ -86,7 +87,7 @@ async def _serve(config: AgentConfig) -> None:
     except BaseException:
         sock.close()
         raise
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+    runner = AgentRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=config.server.shutdown_timeout,
                            keepalive_timeout=config.server.keepalive_timeout)
     stop = asyncio.Event()

@@ -271,3 +271,35 @@ def test_port_in_use_is_one_clear_line(live_agent: LiveAgent, tmp_path: Path) ->
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "in use" in lines[0], result.stderr
     assert not (tmp_path / "other-state").exists()  # stopped before touching any state
+
+
+# -- malformed HTTP ---------------------------------------------------------------------------
+
+def _raw_exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(data)
+        response = b""
+        while chunk := conn.recv(65536):  # the agent closes the connection after an error
+            response += chunk
+    return response
+
+
+def test_malformed_http_gets_the_envelope_without_echo(live_agent: LiveAgent) -> None:
+    """Requests that are not valid HTTP get a 400 envelope that does not quote the input."""
+    live_agent.start()
+    canary = b"Canary-Header-Value-9"
+    cases = [
+        b"GARBAGE\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + canary + b"a" * 10_000 + b"\r\n\r\n",
+        b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: " + canary + b"\r\n\r\n",
+    ]
+    for data in cases:
+        response = _raw_exchange(live_agent.port, data)
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0].endswith(b"400 Bad Request"), response[:200]
+        assert b"Content-Type: application/json" in head and b"X-Request-ID:" in head
+        assert b"aiohttp" not in head
+        assert json.loads(body)["error"]["code"] == "invalid_request"
+        assert canary not in response
+    assert live_agent.healthy()
+    assert canary.decode() not in live_agent.log()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ def _mode(path: Path) -> int:
 
 
 @pytest.fixture
-def permissive_umask() -> object:
+def permissive_umask() -> Iterator[None]:
     """Run with umask 022 so that private modes must be set explicitly, not inherited."""
     old = os.umask(0o022)
     yield None
@@ -59,7 +60,7 @@ async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
     assert again == len(shipped)
 
 
-async def test_state_dir_and_files_are_private(tmp_path: Path, permissive_umask: object) -> None:
+async def test_state_dir_and_files_are_private(tmp_path: Path, permissive_umask: None) -> None:
     """The directory is 0700 and the database, WAL and shared-memory files are 0600."""
     state = tmp_path / "state"
     db = Database(state / "agent.db")
@@ -74,7 +75,7 @@ async def test_state_dir_and_files_are_private(tmp_path: Path, permissive_umask:
         await db.close()
 
 
-async def test_an_existing_loose_state_dir_is_tightened(tmp_path: Path, permissive_umask: object) -> None:
+async def test_an_existing_loose_state_dir_is_tightened(tmp_path: Path, permissive_umask: None) -> None:
     """A state dir that exists with 0755 is made 0700 on open."""
     state = tmp_path / "state"
     state.mkdir(mode=0o755)

@@ -191,7 +191,11 @@ def _describe(error: ValidationError, sources: Mapping[tuple[str, str], str]) ->
     first = error.errors(include_url=False, include_input=False)[0]
     loc = tuple(str(part) for part in first["loc"])
     key = ".".join(loc) or "(top level)"
-    origin = sources.get((loc[0], loc[1])) if len(loc) >= 2 else None
+    if len(loc) >= 2:
+        origin = sources.get((loc[0], loc[1]))
+    else:  # a whole section, e.g. an unknown one: name any variable that set it
+        origin = next((name for (section, _), name in sources.items() if loc and section == loc[0]),
+                      None)
     where = f" (set by {origin})" if origin else ""
     if first["type"] == "extra_forbidden":
         return f"unknown key '{key}'{where}"

@@ -96,6 +96,7 @@ def test_config_is_frozen() -> None:
     ("", {"DPLOYR_RATELIMIT__ENABLED": "maybe"},
      "bad value for 'ratelimit.enabled' (set by DPLOYR_RATELIMIT__ENABLED)"),
     ("", {"DPLOYR_LOGGING__LEVEL": "loud"}, "bad value for 'logging.level'"),
+    ("", {"DPLOYR_SEVER__LISTEN": "x"}, "unknown key 'sever' (set by DPLOYR_SEVER__LISTEN)"),
     ("server = [", {}, "is not valid TOML"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, env: dict[str, str],

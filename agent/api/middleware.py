@@ -52,6 +52,8 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MAX_TOKEN_LENGTH = 4096
+# Set when a response of this request was prepared (its status line is committed).
+_STARTED_KEY = web.RequestKey("response_started", bool)
 # Tokens we issue are URL-safe base64 and dots; anything else cannot be one of ours.
 _TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 
@@ -127,23 +129,35 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run the handler; any error becomes its envelope response."""
+    """Run the handler; any error becomes its envelope response.
+
+    An error after a streamed response was started cannot become an envelope (the status is
+    sent): it is logged and re-raised, and aiohttp closes the connection, which the client sees
+    as a truncated stream.
+    """
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         error = _translate_http(exc)
+        if request.get(_STARTED_KEY):
+            raise
     except AgentError as exc:
         error = exc
+        if request.get(_STARTED_KEY):
+            log.warning("stream_aborted", code=exc.code)
+            raise
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         error = from_exception(exc)
-        if error.status >= 500:
+        if error.status >= 500 or request.get(_STARTED_KEY):
             # The type and place only: an exception's text may carry secrets.
             log.error("request_failed", error_type=type(exc).__name__, where=_where(exc))
             error.details["request_id"] = request[REQUEST_ID_KEY]
+        if request.get(_STARTED_KEY):
+            raise
     return _error_response(error)
 
 
@@ -228,6 +242,7 @@ def make_auth_middleware(trusted_proxies: tuple[str, ...]) -> Callable[..., Awai
 
 async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: X-Request-ID and X-RateLimit-* on every response."""
+    request[_STARTED_KEY] = True
     # Set before aiohttp's default ("Python/3.x aiohttp/3.x"): no versions for scanners.
     response.headers["Server"] = "dployr-agent"
     request_id = request.get(REQUEST_ID_KEY)

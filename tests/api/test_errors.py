@@ -216,3 +216,27 @@ async def test_server_header_names_no_versions(client: Client) -> None:
     """The Server header does not reveal Python or aiohttp versions."""
     for resp in (await client.get("/v1/health"), await client.get("/v1/nope")):
         assert resp.headers["Server"] == "dployr-agent"
+
+
+async def test_error_after_a_stream_started_truncates_it(aiohttp_client: Any, state_dir: Path) -> None:
+    """A failure mid-stream truncates the stream (no second response inside it), logged safely."""
+    import aiohttp
+
+    async def stream_then_fail(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "text/plain"
+        await resp.prepare(request)
+        await resp.write(b"line 1\n")
+        raise RuntimeError("stream-secret-canary")
+
+    app = create_app(make_config(state_dir), admin=AdminSeed(ADMIN_EMAIL, ADMIN_PASSWORD))
+    app.router.add_get("/v1/test-only/stream", stream_then_fail)
+    with captured_agent_log() as log:
+        client: TestClient = await aiohttp_client(app)
+        resp = await client.get("/v1/test-only/stream")
+        assert resp.status == 200 and resp.headers["X-Request-ID"]
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+        assert (await client.get("/v1/health")).status == 200
+    assert [r["error_type"] for r in log.events("request_failed")] == ["RuntimeError"]
+    assert "stream-secret-canary" not in log.text

@@ -7,7 +7,9 @@ Nothing here reads the environment: the CLI passes what it read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -63,7 +65,7 @@ from agent.metrics import (
 from agent.metrics.processes import ProcessTreeSampler
 from agent.projects import ProjectService
 from agent.ratelimit import RateLimits
-from agent.store import Database, ensure_private_dir
+from agent.store import Database, StateLock, ensure_private_dir
 
 __all__ = ["AdminSeed", "create_app"]
 
@@ -144,6 +146,8 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_admin_ctx(admin or AdminSeed()))
     app.cleanup_ctx.append(_metrics_ctx)
+
+    app.cleanup_ctx.append(_session_pruning_ctx)
     return app
 
 
@@ -182,12 +186,42 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    lock = StateLock(app[CONFIG_KEY].state.dir)
+    lock.acquire()
     db = app[DB_KEY]
-    await db.open()
+    try:
+        await db.open()
+    except BaseException:
+        lock.release()
+        raise
     log.info("store_opened", path=str(db.path))
     yield
     await db.close()
+    lock.release()
     log.info("store_closed")
+
+
+SESSION_PRUNE_INTERVAL = 3600.0
+
+
+async def _session_pruning_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Delete expired sessions and refresh tokens at start and then hourly."""
+
+    async def prune_forever() -> None:
+        while True:
+            try:
+                deleted = await app[AUTH_KEY].prune()
+                if deleted:
+                    log.info("sessions_pruned", count=deleted)
+            except Exception as exc:  # keep pruning later; the store reports its own errors
+                log.warning("session_prune_failed", error_type=type(exc).__name__)
+            await asyncio.sleep(SESSION_PRUNE_INTERVAL)
+
+    task = asyncio.create_task(prune_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _admin_ctx(seed: AdminSeed) -> CleanupCtx:
@@ -206,8 +240,14 @@ def _admin_ctx(seed: AdminSeed) -> CleanupCtx:
 def _announce_generated_password(state_dir: Path, email: str, password: str) -> None:
     path = state_dir / INITIAL_PASSWORD_FILE
     path.unlink(missing_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(f"{email}\n{password}\n", encoding="utf-8")
+    # O_EXCL with 0600: the file never exists with looser permissions, even for a moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, f"{email}\n{password}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     # Printed once, deliberately not through the logger: it is the one secret a user must see.
     print(f"dployr-agent: created the first admin {email} with password {password}\n"
-          f"dployr-agent: (also saved in {path}; delete it after logging in)", file=sys.stderr)
+          f"dployr-agent: (also saved in {path}; delete it after logging in)", file=sys.stderr,
+          flush=True)

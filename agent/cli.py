@@ -12,6 +12,7 @@ import getpass
 import os
 import secrets
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -36,8 +37,12 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 
 # -- serve ------------------------------------------------------------------------------------
 
+class _StartError(Exception):
+    """The agent cannot start; the message is one line saying why."""
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from agent.logconfig import configure_logging
+    from agent.logconfig import configure_logging, flush_logs
     from agent.store import StoreError
 
     config = _config(args)
@@ -45,10 +50,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     os.umask(0o077)
     try:
         asyncio.run(_serve(config))
-    except StoreError as exc:
+    except (StoreError, _StartError) as exc:
+        flush_logs()
         return _fail(str(exc))
     except OSError as exc:
+        flush_logs()
         return _fail(f"cannot start: {exc.strerror or exc}")
+    finally:
+        flush_logs()
     return 0
 
 
@@ -56,36 +65,56 @@ async def _serve(config: AgentConfig) -> None:
     import structlog
     from aiohttp import web
 
+    from agent.api.server import AgentRunner
     from agent.app import AdminSeed, create_app
+    from agent.logconfig import flush_logs
     from agent.sdnotify import Notifier
 
     log = structlog.get_logger("agent")
     notifier = Notifier()
     admin = AdminSeed(email=os.environ.get("DPLOYR_ADMIN_EMAIL") or "admin@localhost",
                       password=os.environ.get("DPLOYR_ADMIN_PASSWORD") or None)
-    app = create_app(config, admin=admin)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+    # Bind first: a port in use stops the start before any state is touched.
+    host, port = parse_listen(config.server.listen)
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
+                                    else socket.AF_INET, backlog=1024)
+    except OSError as exc:
+        raise _StartError(f"cannot listen on {config.server.listen}: "
+                          f"{(exc.strerror or str(exc)).lower()}") from None
+    try:
+        app = create_app(config, admin=admin)
+    except BaseException:
+        sock.close()
+        raise
+    runner = AgentRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=config.server.shutdown_timeout,
                            keepalive_timeout=config.server.keepalive_timeout)
-    await runner.setup()
-    host, port = parse_listen(config.server.listen)
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await site.start()
-        log.info("agent_listening", address=config.server.listen, version=__version__)
-        notifier.notify("READY=1")
-        async with notifier.watchdog():
-            await stop.wait()
+        await runner.setup()  # opens the store (integrity check, migrations), seeds the admin
+    except BaseException:
+        sock.close()
+        raise
+    site = web.SockSite(runner, sock)
+    try:
+        if not stop.is_set():
+            await site.start()
+            log.info("agent_listening", address=config.server.listen, version=__version__)
+            notifier.notify("READY=1")
+            async with notifier.watchdog():
+                await stop.wait()
     finally:
-        # Stop accepting, let in-flight requests finish, tear down (apps keep running).
+        # Stop accepting, let in-flight requests finish (up to shutdown_timeout), then close
+        # the store. Apps are never touched: they outlive the agent.
         notifier.notify("STOPPING=1")
         log.info("agent_stopping")
         await runner.cleanup()
         log.info("agent_stopped")
+        flush_logs()
 
 
 # -- users and tokens (straight on the store; safe while the agent runs: SQLite WAL) ---------
@@ -129,7 +158,7 @@ def _cmd_user(args: argparse.Namespace) -> int:
                 print(f"{user.id}\t{user.email}\t{user.role}")
             return 0
         if args.action == "remove":
-            return 0 if users.remove_user(conn, args.email) else _fail(f"no user {args.email}")
+            return _remove_user(conn, args.email)
         try:
             password, generated = _read_password(args, config)
         except ValueError as exc:
@@ -155,6 +184,21 @@ def _cmd_user(args: argparse.Namespace) -> int:
         return 0
     finally:
         conn.close()
+
+
+def _remove_user(conn: sqlite3.Connection, email: str) -> int:
+    from agent.auth import users
+
+    found = users.find_user_by_email(conn, email)
+    if found is None:
+        return _fail(f"no user {email}")
+    with conn:
+        admins = conn.execute("SELECT count(*) FROM users WHERE role = 'admin'").fetchone()[0]
+        if found[0].role == "admin" and admins <= 1:
+            return _fail(f"{email} is the last admin; add another admin first")
+        users.remove_user(conn, email)
+    print(f"removed {found[0].email}")
+    return 0
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

@@ -5,8 +5,10 @@ Sources, later ones winning:
 1. the embedded defaults below (enough to run with no file at all);
 2. a TOML file (``dployr-agent serve --config PATH``);
 3. environment variables ``DPLOYR_<SECTION>__<KEY>``, e.g. ``DPLOYR_SERVER__LISTEN=127.0.0.1:7999``.
-   A value is read as a TOML value when it parses as one (``60``, ``true``, ``["/srv"]``),
-   otherwise as a plain string.
+   The value is read according to the key's type: text and paths are taken as they are;
+   other values are read as a TOML value when they parse as one (``60``, ``true``,
+   ``["/srv"]``, ``{ region = "eu" }``), and a list may also be given comma-separated
+   (``10.0.0.0/8,192.168.0.0/16``). Pydantic then coerces and validates as for the file.
 
 Every model forbids unknown keys, so a misspelled key stops the start with a ``ConfigError``
 naming it. Nothing here reads the environment at import time: ``load_config`` is the only entry.
@@ -20,7 +22,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -92,7 +94,7 @@ class AuthConfig(_Section):
     refresh_token_ttl: int = Field(default=30 * 86_400, ge=300, le=365 * 86_400)
     login_attempts_per_account: int = Field(default=10, ge=1, le=10_000)
     login_window_seconds: int = Field(default=900, ge=1, le=86_400)
-    password_min_length: int = Field(default=8, ge=1, le=1024)
+    password_min_length: int = Field(default=8, ge=8, le=1024)
     hash_time_cost: int = Field(default=3, ge=1, le=20)
     hash_memory_kib: int = Field(default=65_536, ge=8, le=4_194_304)
     hash_parallelism: int = Field(default=2, ge=1, le=64)
@@ -143,7 +145,7 @@ class DeployConfig(_Section):
     keep_releases: int = Field(default=5, ge=1, le=1000)
     npm_registry: str = "https://registry.npmjs.org"
     provision_nodejs: bool = True
-    toolchains_dir: Path | None = None
+    toolchains_dir: str = ""
     max_concurrent_deploys: int = Field(default=2, ge=1, le=64)
     git_submodules: bool = False
 
@@ -225,21 +227,48 @@ class AgentConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]],
+                                                       dict[tuple[str, str], str]]:
+    """The overrides found in ``environ``, and which variable set each (section, key)."""
     overrides: dict[str, dict[str, Any]] = {}
+    sources: dict[tuple[str, str], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX) :].partition("__")
-        overrides.setdefault(section.lower(), {})[key.lower()] = _parse_env_value(raw)
-    return overrides
+        section, key = section.lower(), key.lower()
+        overrides.setdefault(section, {})[key] = _parse_env_value(raw, _annotation(section, key))
+        sources[(section, key)] = name
+    return overrides, sources
 
 
-def _parse_env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+def _annotation(section: str, key: str) -> Any:
+    """The declared type of ``section.key``, or None for a key that does not exist."""
+    field = AgentConfig.model_fields.get(section)
+    model = field.annotation if field is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    entry = model.model_fields.get(key)
+    return entry.annotation if entry is not None else None
+
+
+def _parse_env_value(raw: str, annotation: Any) -> Any:
+    if annotation in (str, Path) or get_origin(annotation) is Literal:
+        # "123" or "true" stays text where text is expected; a TOML string ("x") is unquoted.
+        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+            try:
+                quoted = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                return raw
+            return quoted if isinstance(quoted, str) else raw
         return raw
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if get_origin(annotation) is tuple and isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -250,12 +279,20 @@ def _merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[s
     return merged
 
 
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+def _describe(error: ValidationError, sources: Mapping[tuple[str, str], str]) -> str:
+    first = error.errors(include_url=False, include_input=False)[0]
+    loc = tuple(str(part) for part in first["loc"])
+    key = ".".join(loc) or "(top level)"
+    if len(loc) >= 2:
+        origin = sources.get((loc[0], loc[1]))
+    else:  # a whole section, e.g. an unknown one: name any variable that set it
+        origin = next((name for (section, _), name in sources.items() if loc and section == loc[0]),
+                      None)
+    where = f" (set by {origin})" if origin else ""
     if first["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
-    return f"bad value for '{key}': {first['msg']}"
+        return f"unknown key '{key}'{where}"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"bad value for '{key}'{where}: {message}"
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -274,9 +311,10 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    data = _merge(data, _env_overrides(environ))
+    overrides, sources = _env_overrides(environ)
+    data = _merge(data, overrides)
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
         source = f" in {path}" if path is not None else ""
-        raise ConfigError(f"config error{source}: {_describe(exc)}") from None
+        raise ConfigError(f"config error{source}: {_describe(exc, sources)}") from None

@@ -22,7 +22,12 @@ class Notifier:
         address = env.get("NOTIFY_SOCKET", "")
         self._address = "\0" + address[1:] if address.startswith("@") else address
         usec = env.get("WATCHDOG_USEC", "")
-        self.watchdog_interval = int(usec) / 2_000_000 if usec.isdigit() and int(usec) > 0 else None
+        pid = env.get("WATCHDOG_PID", "")
+        # As sd_watchdog_enabled(): the watchdog is meant for us unless WATCHDOG_PID names
+        # another process (a parent that forked us and kept the variable).
+        for_us = not pid or (pid.isdigit() and int(pid) == os.getpid())
+        self.watchdog_interval = (int(usec) / 2_000_000
+                                  if usec.isdigit() and int(usec) > 0 and for_us else None)
 
     @property
     def enabled(self) -> bool:

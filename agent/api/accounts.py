@@ -21,7 +21,9 @@ routes = EndpointTable("accounts")
 
 class UserCreate(ApiModel):
     email: str = Field(max_length=320, pattern=EMAIL_PATTERN, examples=["dev@example.com"])
-    password: str = Field(min_length=1, max_length=1024)
+    password: str = Field(min_length=8, max_length=1024, examples=["a-long-passphrase"],
+                          description="At least 8 characters, or auth.password_min_length if "
+                                      "that is set higher")
     role: Role = "developer"
 
 
@@ -73,7 +75,8 @@ async def create_user(request: web.Request, body: UserCreate) -> User:
 
 
 @routes.delete("/v1/users/{id}", summary="Remove a user and end their sessions", access="admin",
-               status=204)
+               status=204, errors=(409,),
+               description="409 for the last admin: add another admin first.")
 async def delete_user(request: web.Request) -> None:
     await request.app[ACCOUNTS_KEY].remove_user(request.match_info["id"])
 

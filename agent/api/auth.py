@@ -50,7 +50,7 @@ def _tokens(pair: TokenPair) -> web.Response:
 
 
 @routes.post("/v1/auth/login", summary="Log in with email and password", access="public",
-             body=LoginRequest, response=TokenResponse,
+             body=LoginRequest, response=TokenResponse, errors=(401,),
              description="The same 401 for an unknown email and a wrong password. Failed "
                          "logins are also limited per account (429).")
 async def login(request: web.Request, body: LoginRequest) -> web.Response:
@@ -58,14 +58,17 @@ async def login(request: web.Request, body: LoginRequest) -> web.Response:
 
 
 @routes.post("/v1/auth/refresh", summary="Exchange a refresh token for new tokens",
-             access="public", body=RefreshRequest, response=TokenResponse,
+             access="public", body=RefreshRequest, response=TokenResponse, errors=(401,),
              description="The refresh token rotates: each is good once. Presenting a used one "
                          "revokes the whole session.")
 async def refresh(request: web.Request, body: RefreshRequest) -> web.Response:
     return _tokens(await request.app[AUTH_KEY].refresh(body.refresh_token))
 
 
-@routes.post("/v1/auth/logout", summary="End this login session", access="viewer", status=204)
+@routes.post("/v1/auth/logout", summary="End this login session", access="viewer", status=204,
+             errors=(403,),
+             description="Revokes the session: its access and refresh tokens stop working. "
+                         "Machine tokens get 403: revoke them with DELETE /v1/tokens/{id}.")
 async def logout(request: web.Request) -> None:
     await request.app[AUTH_KEY].logout(principal_of(request))
 

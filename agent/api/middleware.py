@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import json
 import re
+import secrets
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -32,7 +34,6 @@ from agent.errors import (
     error_for_status,
     from_exception,
 )
-from agent.ids import new_id
 from agent.keys import (
     AGENT_METRICS_KEY,
     AUTH_KEY,
@@ -52,11 +53,23 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MAX_TOKEN_LENGTH = 4096
+# Set when a response of this request was prepared (its status line is committed).
+_STARTED_KEY = web.RequestKey("response_started", bool)
+# Tokens we issue are URL-safe base64 and dots; anything else cannot be one of ours.
+_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
+
+
+# Request ids only need to be unique, not sortable or secret: a random per-process prefix and
+# a counter cost a fraction of ``new_id`` on a path that runs for every request.
+_REQUEST_ID_PREFIX = "req_" + secrets.token_hex(5)
+_request_counter = itertools.count(1)
 
 
 def _request_id(request: web.Request) -> str:
-    incoming = request.headers.get("X-Request-ID", "")
-    return incoming if _REQUEST_ID.match(incoming) else new_id("req")
+    incoming = request.headers.get("X-Request-ID")
+    if incoming and _REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return f"{_REQUEST_ID_PREFIX}{next(_request_counter):010x}"
 
 
 def _error_response(error: AgentError) -> web.Response:
@@ -121,23 +134,35 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run the handler; any error becomes its envelope response."""
+    """Run the handler; any error becomes its envelope response.
+
+    An error after a streamed response was started cannot become an envelope (the status is
+    sent): it is logged and re-raised, and aiohttp closes the connection, which the client sees
+    as a truncated stream.
+    """
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         error = _translate_http(exc)
+        if request.get(_STARTED_KEY):
+            raise
     except AgentError as exc:
         error = exc
+        if request.get(_STARTED_KEY):
+            log.warning("stream_aborted", code=exc.code)
+            raise
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         error = from_exception(exc)
-        if error.status >= 500:
+        if error.status >= 500 or request.get(_STARTED_KEY):
             # The type and place only: an exception's text may carry secrets.
             log.error("request_failed", error_type=type(exc).__name__, where=_where(exc))
             error.details["request_id"] = request[REQUEST_ID_KEY]
+        if request.get(_STARTED_KEY):
+            raise
     return _error_response(error)
 
 
@@ -168,7 +193,8 @@ def _bearer(request: web.Request) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_LENGTH:
+    if (scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_LENGTH
+            or not _TOKEN.fullmatch(token)):
         raise Unauthorized("Malformed Authorization header; expected 'Bearer <token>'")
     return token
 
@@ -221,6 +247,9 @@ def make_auth_middleware(trusted_proxies: tuple[str, ...]) -> Callable[..., Awai
 
 async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: X-Request-ID and X-RateLimit-* on every response."""
+    request[_STARTED_KEY] = True
+    # Set before aiohttp's default ("Python/3.x aiohttp/3.x"): no versions for scanners.
+    response.headers["Server"] = "dployr-agent"
     request_id = request.get(REQUEST_ID_KEY)
     if request_id is not None:
         response.headers["X-Request-ID"] = request_id

@@ -115,8 +115,9 @@ def _operation(ep: Endpoint, schemas: dict[tuple[type[BaseModel], str], Any],
         }
     success: dict[str, Any] = {"description": ep.summary, "headers": _header_refs()}
     if ep.status != 204:
+        # Without a response model a JSON body is still an object (the OpenAPI document).
         schema = (schemas[(ep.response, "serialization")] if ep.response is not None
-                  else {"type": "string"})
+                  else {"type": "object"})
         success["content"] = {ct: {"schema": schema if ct == "application/json"
                                    else {"type": "string"}} for ct in ep.content_types}
     responses: dict[str, Any] = {str(ep.status): success}

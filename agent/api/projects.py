@@ -11,7 +11,6 @@ from agent.api.routing import EndpointTable
 from agent.api.schemas import DNS_LABEL, ApiModel, Page, PageQuery, Resource
 from agent.keys import PROJECTS_KEY
 from agent.projects import Project as ProjectRecord
-from agent.timefmt import from_epoch
 
 __all__ = ["routes"]
 
@@ -33,9 +32,12 @@ class Project(Resource):
 
     @classmethod
     def of(cls, record: ProjectRecord) -> Project:
-        return cls(id=record.id, name=record.name, description=record.description,
-                   created_at=from_epoch(record.created_at),
-                   updated_at=from_epoch(record.updated_at))
+        # Epoch floats are turned into UTC datetimes by pydantic's validator (in Rust), the
+        # same result as ``from_epoch`` at a fraction of the cost on list endpoints.
+        return cls.model_validate({"id": record.id, "name": record.name,
+                                   "description": record.description,
+                                   "created_at": record.created_at,
+                                   "updated_at": record.updated_at})
 
 
 class ProjectPage(Page[Project]):

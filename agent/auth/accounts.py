@@ -9,7 +9,7 @@ from agent.auth.passwords import PasswordHasher
 from agent.auth.principal import Role
 from agent.clock import Clock
 from agent.errors import Conflict, InvalidRequest, NotFound
-from agent.store import Database
+from agent.store import Database, Tx
 
 __all__ = ["AccountService"]
 
@@ -51,11 +51,27 @@ class AccountService:
                            details={"field": "email", "issue": "Already taken"}) from None
 
     async def remove_user(self, user_id: str) -> None:
-        """Delete a user and end their sessions; NotFound if absent."""
-        deleted = await self._db.write(lambda tx: tx.execute(
-            "DELETE FROM users WHERE id = ?", (user_id,)).rowcount)
-        if not deleted:
+        """Delete a user and end their sessions.
+
+        NotFound if absent; Conflict for the last admin (nobody could manage the agent).
+        """
+
+        def _remove(tx: Tx) -> str:
+            row = tx.execute("SELECT role FROM users WHERE id = ?", (user_id,)).fetchone()
+            if row is None:
+                return "missing"
+            if row["role"] == "admin" and tx.execute(
+                    "SELECT count(*) FROM users WHERE role = 'admin'").fetchone()[0] <= 1:
+                return "last_admin"
+            tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
+            return "deleted"
+
+        outcome = await self._db.write(_remove)
+        if outcome == "missing":
             raise NotFound(f"No user with id '{user_id}'")
+        if outcome == "last_admin":
+            raise Conflict("This is the last admin; add another admin before removing it",
+                           details={"field": "id", "issue": "Last admin"})
 
     def list_tokens(self) -> list[users.ApiToken]:
         return users.list_tokens(self._db.reader)
@@ -74,11 +90,13 @@ class AccountService:
 
     async def ensure_initial_admin(self, email: str, password: str) -> bool:
         """Create the first admin if there are no users yet; True if one was created."""
+        if users.count_users(self._db.reader):
+            return False  # the usual case: no hashing work at start
         password_hash = await self._hasher.hash(password)
         now = self._clock.time()
 
-        def _bootstrap(tx: object) -> bool:
-            conn = tx.conn  # type: ignore[attr-defined]
+        def _bootstrap(tx: Tx) -> bool:
+            conn = tx.conn
             if users.count_users(conn):
                 return False
             users.add_user(conn, email=email, password_hash=password_hash, role="admin", now=now)

@@ -8,13 +8,13 @@ because every bearer check looks the session up (one indexed read, inline).
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from agent.auth.passwords import PasswordHasher
 from agent.auth.principal import Principal
 from agent.auth.tokens import (
     API_TOKEN_PREFIX,
+    AccessClaims,
     TokenError,
     decode_access_token,
     hash_token,
@@ -24,7 +24,7 @@ from agent.auth.tokens import (
 from agent.auth.users import find_user_by_email
 from agent.clock import Clock
 from agent.config import AuthConfig
-from agent.errors import InvalidRequest, RateLimited, Unauthorized
+from agent.errors import Forbidden, RateLimited, Unauthorized
 from agent.ids import new_id
 from agent.ratelimit import RateLimiter
 from agent.store import Database, Tx
@@ -33,6 +33,7 @@ __all__ = ["AuthService", "TokenPair"]
 
 _BAD_LOGIN = "Invalid email or password"
 _BAD_TOKEN = "Invalid or expired token"
+_VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,10 @@ class AuthService:
         self._clock = clock
         self._failed_logins = RateLimiter(config.login_attempts_per_account,
                                           config.login_window_seconds, clock, max_keys=100_000)
+        # Verified access tokens -> their claims. A token is an exact signed string, so a hit
+        # stands for a signature already checked; expiry and the session are still checked
+        # on every request. Bounded: at worst a token is verified again.
+        self._verified: dict[str, AccessClaims] = {}
 
     async def login(self, email: str, password: str) -> TokenPair:
         """Check the credentials and open a session.
@@ -109,6 +114,9 @@ class AuthService:
                 return "reused"
             tx.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?",
                        (now, token_hash))
+            # A session lives while it is used: it ends refresh_token_ttl after its last refresh.
+            tx.execute("UPDATE sessions SET expires_at = ? WHERE id = ?",
+                       (now + self._config.refresh_token_ttl, row["session_id"]))
             self._insert_refresh(tx, row["session_id"], fresh, now)
             return row["user_id"], row["session_id"]
 
@@ -123,8 +131,8 @@ class AuthService:
     async def logout(self, principal: Principal) -> None:
         """Revoke the caller's session: its access and refresh tokens stop working."""
         if principal.session_id is None:
-            raise InvalidRequest("Machine tokens are revoked with 'dployr-agent token revoke'",
-                                 field="authorization", issue="Not a login session")
+            raise Forbidden("Machine tokens cannot log out; revoke them with DELETE /v1/tokens/{id} "
+                            "or 'dployr-agent token revoke'", details={"issue": "Not a login session"})
         now = self._clock.time()
         session_id = principal.session_id
         await self._db.write(lambda tx: tx.execute(
@@ -135,10 +143,19 @@ class AuthService:
         """The caller a bearer token stands for; raise Unauthorized if it is not valid now."""
         if token.startswith(API_TOKEN_PREFIX):
             return self._machine_principal(token)
-        try:
-            claims = decode_access_token(self._secret, token, now=self._clock.time())
-        except TokenError:
-            raise Unauthorized(_BAD_TOKEN) from None
+        now = self._clock.time()
+        claims = self._verified.get(token)
+        if claims is None:
+            try:
+                claims = decode_access_token(self._secret, token, now=now)
+            except TokenError:
+                raise Unauthorized(_BAD_TOKEN) from None
+            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = claims
+        elif claims.expires_at <= now:
+            del self._verified[token]
+            raise Unauthorized(_BAD_TOKEN)
         row = self._db.query_one(
             "SELECT u.email, u.role, s.revoked_at FROM sessions s JOIN users u ON u.id = s.user_id"
             " WHERE s.id = ? AND u.id = ?", (claims.session_id, claims.user_id))
@@ -166,7 +183,17 @@ class AuthService:
         return TokenPair(access_token=access, refresh_token=refresh,
                          expires_in=self._config.access_token_ttl)
 
-    def prune(self, conn: sqlite3.Connection, now: float) -> None:
-        """Delete sessions and refresh tokens that can no longer be used (inside a write)."""
-        conn.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
-        conn.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (now,))
+    async def prune(self) -> int:
+        """Delete sessions (and with them their refresh tokens) that can no longer be used.
+
+        Used refresh tokens of live sessions are kept: they are how reuse is detected.
+        Returns the number of sessions deleted.
+        """
+        now = self._clock.time()
+
+        def _prune(tx: Tx) -> int:
+            deleted = tx.execute("DELETE FROM sessions WHERE expires_at < ?", (now,)).rowcount
+            tx.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (now,))
+            return int(deleted)
+
+        return await self._db.write(_prune)

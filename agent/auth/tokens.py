@@ -78,17 +78,23 @@ def issue_access_token(secret: bytes, *, user_id: str, session_id: str, now: flo
 
 
 def decode_access_token(secret: bytes, token: str, *, now: float) -> AccessClaims:
-    """The claims of a valid access token; raise TokenError for anything else."""
+    """The claims of a valid access token; raise TokenError for anything else.
+
+    Every time check uses ``now`` (the agent's clock), never the library's own clock.
+    """
     try:
         payload = jwt.decode(
             token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
-            options={"require": ["exp", "iat", "jti", "sub", "sid", "iss"], "verify_exp": False},
+            options={"require": ["exp", "iat", "jti", "sub", "sid", "iss"], "verify_exp": False,
+                     "verify_iat": False, "verify_nbf": False},
         )
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, UnicodeError, ValueError):
         raise TokenError("invalid token") from None
-    exp = payload.get("exp")
-    if payload.get("typ") != "access" or not isinstance(exp, int) or exp <= now:
-        raise TokenError("invalid or expired token")
+    exp, iat = payload.get("exp"), payload.get("iat")
+    if payload.get("typ") != "access" or not isinstance(exp, int) or not isinstance(iat, int):
+        raise TokenError("invalid token")
+    if exp <= now:
+        raise TokenError("expired token")
     sub, sid, jti = payload.get("sub"), payload.get("sid"), payload.get("jti")
     if not (isinstance(sub, str) and isinstance(sid, str) and isinstance(jti, str)):
         raise TokenError("invalid token")

@@ -56,7 +56,7 @@ class DeployKit:
         """Build the parts from ``[deploy]`` and ``[state]``."""
         state = config.state.dir
         deploy = config.deploy
-        toolchains_dir = deploy.toolchains_dir or state / "toolchains"
+        toolchains_dir = Path(deploy.toolchains_dir) if deploy.toolchains_dir else state / "toolchains"
         provisioner = (NodeProvisioner(deploy.npm_registry, toolchains_dir)
                        if deploy.provision_nodejs else None)
         provisioners: dict[str, Provisioner] = {"nodejs": provisioner} if provisioner else {}

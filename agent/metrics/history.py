@@ -24,8 +24,6 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from agent.errors import InvalidRequest
-
 __all__ = ["MAX_POINTS", "History", "HistoryPlan", "Series", "format_duration"]
 
 MAX_POINTS = 1440  # window / step at most: one day at one-minute steps
@@ -171,36 +169,25 @@ class History:
             self._counts.pop(name, None)
 
     def plan(self, window: int | None, step: int | None) -> HistoryPlan | None:
-        """Validate a query's window and step (seconds); None when no history was asked.
+        """The window and step (seconds) a query gets; None when no history was asked.
 
-        Raises InvalidRequest naming ``window`` or ``step`` when the request cannot be
-        answered from what is kept. Without a step, about 60 points are returned; a step
-        without a window covers 60 steps (at most the history kept).
+        Well-formed requests are never refused: like Prometheus' range queries, what cannot be
+        answered is brought into range and the response states the window and step used. The
+        window is capped at the history kept; the step is at least the resolution kept for that
+        window, at most the window, and coarse enough for at most MAX_POINTS points. Without a
+        step, about 60 points are returned; a step without a window covers 60 steps.
         """
         if window is None:
             if step is None:
                 return None
-            window = min(step * 60, self.history_span)
-        if window > self.history_span:
-            raise InvalidRequest(
-                "The window is longer than the history kept", field="window",
-                issue=f"At most {format_duration(self.history_span)} (the configured history)")
+            window = step * 60
+        window = min(window, self.history_span)
         use_recent = window <= self.recent_span
         resolution = math.ceil(self.interval) if use_recent else self.resolution
         if step is None:
-            step = max(resolution, math.ceil(window / 60))
-        if step > window:
-            raise InvalidRequest("The step is longer than the window", field="step",
-                                 issue="Must not exceed the window")
-        if step < resolution:
-            where = (f"the sampling interval ({format_duration(resolution)})" if use_recent
-                     else f"{format_duration(resolution)} for windows over "
-                          f"{format_duration(self.recent_span)}")
-            raise InvalidRequest("The step is finer than the data kept", field="step",
-                                 issue=f"At least {where}")
-        if window / step > MAX_POINTS:
-            raise InvalidRequest("Too many points requested", field="step",
-                                 issue=f"window/step must be at most {MAX_POINTS}")
+            step = math.ceil(window / 60)
+        step = max(min(step, self.history_span), resolution, math.ceil(window / MAX_POINTS))
+        window = max(window, step)
         return HistoryPlan(window=window, step=step, use_recent=use_recent)
 
     def query(self, plan: HistoryPlan, names: Sequence[str], *, now: float) -> Series:

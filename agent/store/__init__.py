@@ -2,6 +2,7 @@
 
 from agent.store.db import (
     Database,
+    StateLock,
     StoreError,
     Tx,
     connect,
@@ -9,4 +10,12 @@ from agent.store.db import (
     ensure_private_file,
 )
 
-__all__ = ["Database", "StoreError", "Tx", "connect", "ensure_private_dir", "ensure_private_file"]
+__all__ = [
+    "Database",
+    "StateLock",
+    "StoreError",
+    "Tx",
+    "connect",
+    "ensure_private_dir",
+    "ensure_private_file",
+]

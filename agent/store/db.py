@@ -13,6 +13,8 @@ survives a kill -9 or a power cut.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -24,9 +26,17 @@ from typing import Any, TypeVar
 from agent.clock import Clock, SystemClock
 from agent.events import Event, EventBus
 from agent.ids import new_id
-from agent.store.migrations import migrate
+from agent.store.migrations import MigrationError, migrate
 
-__all__ = ["Database", "StoreError", "Tx", "connect", "ensure_private_dir", "ensure_private_file"]
+__all__ = [
+    "Database",
+    "StateLock",
+    "StoreError",
+    "Tx",
+    "connect",
+    "ensure_private_dir",
+    "ensure_private_file",
+]
 
 T = TypeVar("T")
 
@@ -48,32 +58,82 @@ def ensure_private_file(path: Path) -> None:
     path.chmod(0o600)
 
 
+class StateLock:
+    """An exclusive lock on a state directory, so that two agents never share one.
+
+    ``flock`` on ``<dir>/agent.lock``: the kernel releases it when the process ends, however it
+    ends, so a crashed agent never leaves a stale lock. The CLI's user and token commands do
+    not take it: they are meant to run beside the agent.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "agent.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise StoreError naming the process that holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"another dployr-agent (pid {holder}) is using the state dir "
+                             f"{self.path.parent}; stop it first or use another state.dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let the lock go (also happens when the process exits)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+_RECOVERY = "restore it from a backup, or move it away to start with an empty state"
+
+
 def connect(path: Path, *, check: bool = True) -> sqlite3.Connection:
     """Open the database file, set the pragmas, check integrity and apply migrations.
 
-    For synchronous users (the CLI) and for the writer thread. Raises StoreError when the
-    file is not a usable database.
+    For synchronous users (the CLI) and for the writer thread. Raises StoreError, with one
+    line saying what is wrong and what to do, when the file is not a usable database.
     """
     ensure_private_dir(path.parent)
     ensure_private_file(path)
+    conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"the database {path} cannot use WAL mode (got {mode!r})")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
         if check:
-            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            result = [str(row[0]) for row in conn.execute("PRAGMA integrity_check(10)")]
             if result != ["ok"]:
-                conn.close()
-                raise StoreError(
-                    f"the database {path} is corrupt ({'; '.join(result[:3])}); "
-                    "restore it from a backup or move it away to start empty")
+                problems = "; ".join(" ".join(r.split()) for r in result[:3])
+                raise StoreError(f"the database {path} is corrupt ({problems}); {_RECOVERY}")
         migrate(conn)
-    except sqlite3.DatabaseError as exc:
+    except MigrationError as exc:
+        _close_quietly(conn)
         raise StoreError(f"cannot use the database {path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        _close_quietly(conn)
+        raise StoreError(f"the database {path} is unreadable or corrupt ({exc}); {_RECOVERY}") from None
+    except StoreError:
+        _close_quietly(conn)
+        raise
     return conn
+
+
+def _close_quietly(conn: sqlite3.Connection | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
 
 def _reader(path: Path) -> sqlite3.Connection:

@@ -14,9 +14,13 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["Migration", "load_migrations", "migrate"]
+__all__ = ["Migration", "MigrationError", "load_migrations", "migrate"]
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(sqlite3.DatabaseError):
+    """The database's schema cannot be brought to this agent's version."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +55,7 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
     applied = {int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations")}
     unknown = applied - {m.version for m in migrations}
     if unknown:
-        raise sqlite3.DatabaseError(
+        raise MigrationError(
             f"the database has migrations {sorted(unknown)} this agent does not know; "
             "upgrade the agent")
     done: list[int] = []

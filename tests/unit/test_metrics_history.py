@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import InvalidRequest
 from agent.metrics.history import MAX_POINTS, History, HistoryPlan, format_duration
 from agent.testing import FakeClock
 
@@ -26,30 +25,27 @@ def _fill(history: History, clock: FakeClock, seconds: float, value: float | Non
         history.append(clock.time(), {"cpu": value if value is not None else clock.time() - T0})
 
 
-@pytest.mark.parametrize(("window", "step", "field", "issue"), [
-    (2 * 86_400, None, "window", "At most 1d"),
-    (60, 120, "step", "Must not exceed the window"),
-    (60, 1, "step", "sampling interval (5s)"),
-    (3600, 30, "step", "1m for windows over 15m"),
-    (86_400, 59, "step", "1m for windows over 15m"),
-    (None, 2 * 86_400, "step", "Must not exceed the window"),
+@pytest.mark.parametrize(("window", "step", "planned"), [
+    (2 * 86_400, None, (86_400, 1440)),  # capped at the history kept
+    (60, 120, (120, 120)),  # the step never exceeds the window: the window grows to one step
+    (60, 1, (60, 5)),  # not finer than the sampling interval
+    (3600, 30, (3600, 60)),  # not finer than the 1m resolution kept past 15m
+    (86_400, 59, (86_400, 60)),
+    (None, 2 * 86_400, (86_400, 86_400)),
 ])
-def test_plan_rejects_what_cannot_be_answered(window: int | None, step: int | None, field: str,
-                                             issue: str) -> None:
-    """Impossible windows and steps are a 400 naming the field and saying the limit."""
-    with pytest.raises(InvalidRequest) as caught:
-        _history().plan(window, step)
-    assert caught.value.details["field"] == field
-    assert issue in caught.value.details["issue"]
+def test_plan_brings_unanswerable_requests_into_range(window: int | None, step: int | None,
+                                                      planned: tuple[int, int]) -> None:
+    """Windows and steps beyond what is kept are clamped, never refused, and the plan says so."""
+    plan = _history().plan(window, step)
+    assert plan is not None and (plan.window, plan.step) == planned
 
 
 def test_plan_bounds_the_number_of_points() -> None:
-    """window/step above MAX_POINTS is refused; exactly MAX_POINTS is allowed."""
+    """A step too fine for MAX_POINTS points is coarsened to fit exactly."""
     history = _history(interval=1.0, recent=3600, history=86_400, resolution=60)
     assert history.plan(86_400, 60) is not None and MAX_POINTS == 86_400 / 60
-    with pytest.raises(InvalidRequest) as caught:
-        _history(interval=1.0, recent=3600).plan(3600, 2)
-    assert caught.value.details["field"] == "step"
+    plan = _history(interval=1.0, recent=3600).plan(3600, 2)
+    assert plan is not None and plan.window / plan.step <= MAX_POINTS
 
 
 def test_plan_defaults_and_ring_choice() -> None:

@@ -21,6 +21,7 @@ from agent.api import accounts as accounts_api
 from agent.api import auth as auth_api
 from agent.api import health as health_api
 from agent.api import projects as projects_api
+from agent.api import webhooks as webhooks_api
 from agent.api.middleware import add_standard_headers, error_middleware, make_auth_middleware
 from agent.api.openapi import build_openapi
 from agent.api.routing import EndpointTable, add_endpoints
@@ -41,10 +42,13 @@ from agent.keys import (
     PROJECTS_KEY,
     RATE_LIMITS_KEY,
     STARTED_AT_KEY,
+    WEBHOOK_RUNTIME_KEY,
+    WEBHOOKS_KEY,
 )
 from agent.projects import ProjectService
 from agent.ratelimit import RateLimits
 from agent.store import Database, ensure_private_dir
+from agent.webhooks import WebhookRuntime, WebhookService
 
 __all__ = ["AdminSeed", "create_app"]
 
@@ -57,6 +61,7 @@ ROUTE_TABLES: tuple[EndpointTable, ...] = (
     auth_api.routes,
     accounts_api.routes,
     projects_api.routes,
+    webhooks_api.routes,
 )
 
 INITIAL_PASSWORD_FILE = "initial-admin-password"
@@ -108,12 +113,17 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
         unauthenticated=config.ratelimit.unauthenticated_per_hour,
         clock=clock, max_keys=config.ratelimit.max_tracked_clients)
 
+    app[WEBHOOKS_KEY] = WebhookService(db, clock, config.webhooks)
+    app[WEBHOOK_RUNTIME_KEY] = WebhookRuntime(db, bus, clock, config.webhooks,
+                                              user_agent=f"dployr-agent/{__version__}")
+
     endpoints = add_endpoints(app, ROUTE_TABLES)
     app[OPENAPI_KEY] = json.dumps(build_openapi(endpoints, version=__version__)).encode()
     app.on_response_prepare.append(add_standard_headers)
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_admin_ctx(admin or AdminSeed()))
+    app.cleanup_ctx.append(_webhooks_ctx)
     return app
 
 
@@ -124,6 +134,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await db.close()
     log.info("store_closed")
+
+
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[WEBHOOK_RUNTIME_KEY]
+    await runtime.start()
+    yield
+    await runtime.stop()
 
 
 def _admin_ctx(seed: AdminSeed) -> CleanupCtx:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 __all__ = [
     "AgentConfig",
@@ -128,6 +128,54 @@ class ServicesConfig(_Section):
     log_max_files: int = Field(default=5, ge=1, le=1000)
 
 
+class WebhooksConfig(_Section):
+    """Outgoing webhooks: which targets are allowed, delivery limits and the retry schedule.
+
+    Attempt ``n`` (n >= 2) waits ``min(retry_max_delay, retry_base_delay * 3 ** (n - 2))``
+    seconds after attempt ``n - 1``, +-20 % jitter; with the defaults 14 attempts span about
+    69 hours (see docs/api.md).
+    """
+
+    allow_private_targets: bool = False
+    require_https: bool = False
+    timeout: float = Field(default=15.0, gt=0, le=300)
+    max_response_bytes: int = Field(default=65_536, ge=0, le=16 * 1_048_576)
+    max_attempts: int = Field(default=14, ge=1, le=100)
+    retry_base_delay: float = Field(default=10.0, gt=0, le=86_400)
+    retry_max_delay: float = Field(default=43_200.0, gt=0, le=7 * 86_400)
+    concurrency: int = Field(default=16, ge=1, le=1000)
+    per_hook_concurrency: int = Field(default=2, ge=1, le=100)
+    retention_days: int = Field(default=30, ge=1, le=3650)
+
+
+class UpstreamConfig(_Section):
+    """The outbound WebSocket link to a control plane; enabled when ``url`` is set."""
+
+    url: str = ""
+    token: SecretStr = SecretStr("")
+    ca_file: Path | None = None
+    heartbeat: float = Field(default=30.0, gt=0, le=3600)
+    update_interval: float = Field(default=30.0, gt=0, le=86_400)
+    reconnect_min_delay: float = Field(default=1.0, gt=0, le=3600)
+    reconnect_max_delay: float = Field(default=60.0, gt=0, le=86_400)
+    task_concurrency: int = Field(default=8, ge=1, le=1000)
+    task_timeout: float = Field(default=300.0, gt=0, le=86_400)
+    max_task_response_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    task_retention_days: int = Field(default=7, ge=1, le=3650)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value and not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the link runs at all."""
+        return bool(self.url)
+
+
 class AgentConfig(_Section):
     """The whole configuration. Frozen: it never changes while the agent runs."""
 
@@ -138,6 +186,8 @@ class AgentConfig(_Section):
     logging: LoggingConfig = LoggingConfig()
     instance: InstanceConfig = InstanceConfig()
     services: ServicesConfig = ServicesConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ from agent.events import EventBus
 from agent.projects import ProjectService
 from agent.ratelimit import Decision, RateLimits
 from agent.store import Database
+from agent.webhooks import WebhookRuntime, WebhookService
 
 __all__ = [
     "ACCOUNTS_KEY",
@@ -27,6 +28,8 @@ __all__ = [
     "RATE_LIMITS_KEY",
     "REQUEST_ID_KEY",
     "STARTED_AT_KEY",
+    "WEBHOOKS_KEY",
+    "WEBHOOK_RUNTIME_KEY",
 ]
 
 CONFIG_KEY = web.AppKey("config", AgentConfig)
@@ -43,3 +46,5 @@ RATE_DECISION_KEY = web.RequestKey("rate_decision", Decision)
 PROJECTS_KEY = web.AppKey("projects", ProjectService)
 ACCOUNTS_KEY = web.AppKey("accounts", AccountService)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
+WEBHOOKS_KEY = web.AppKey("webhooks", WebhookService)
+WEBHOOK_RUNTIME_KEY = web.AppKey("webhook_runtime", WebhookRuntime)

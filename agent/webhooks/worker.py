@@ -65,6 +65,7 @@ class DeliveryWorker:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._per_hook: Counter[str] = Counter()
         self._turn = 0
+        self.rounds = 0  # scheduling rounds completed; lets tests wait for one
         self._last_prune = -_PRUNE_EVERY
 
     def kick(self) -> None:
@@ -107,6 +108,7 @@ class DeliveryWorker:
                 except Exception as exc:
                     log.error("webhook_worker_failed", error_type=type(exc).__name__)
                     wait = self._max_wait
+                self.rounds += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
         finally:

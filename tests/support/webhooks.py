@@ -27,6 +27,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: str = "ok"
     delay: float = 0.0
+    gate: asyncio.Event | None = None  # answer only once this is set (same event loop only)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ class Receiver:
             reply = script.pop(0) if script else self.defaults.get(request.path, Reply())
         if self.on_request is not None:
             self.on_request(record)
+        if reply.gate is not None:
+            await reply.gate.wait()
         if reply.delay:
             await asyncio.sleep(reply.delay)
         return web.Response(status=reply.status, text=reply.body, headers=reply.headers)

@@ -42,12 +42,14 @@ from agent.keys import (
     PROJECTS_KEY,
     RATE_LIMITS_KEY,
     STARTED_AT_KEY,
+    UPSTREAM_KEY,
     WEBHOOK_RUNTIME_KEY,
     WEBHOOKS_KEY,
 )
 from agent.projects import ProjectService
 from agent.ratelimit import RateLimits
 from agent.store import Database, ensure_private_dir
+from agent.upstream import UpstreamLink, default_providers, local_base_url
 from agent.webhooks import WebhookRuntime, WebhookService
 
 __all__ = ["AdminSeed", "create_app"]
@@ -116,6 +118,10 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     app[WEBHOOKS_KEY] = WebhookService(db, clock, config.webhooks)
     app[WEBHOOK_RUNTIME_KEY] = WebhookRuntime(db, bus, clock, config.webhooks,
                                               user_agent=f"dployr-agent/{__version__}")
+    app[UPSTREAM_KEY] = UpstreamLink(
+        db, bus, clock, config.upstream, instance=config.instance,
+        base_url=local_base_url(config.server.listen),
+        providers=default_providers(clock, app[STARTED_AT_KEY], state_dir))
 
     endpoints = add_endpoints(app, ROUTE_TABLES)
     app[OPENAPI_KEY] = json.dumps(build_openapi(endpoints, version=__version__)).encode()
@@ -124,6 +130,9 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_admin_ctx(admin or AdminSeed()))
     app.cleanup_ctx.append(_webhooks_ctx)
+    if config.upstream.enabled:
+        app.cleanup_ctx.append(_upstream_ctx)
+        app.on_shutdown.append(_stop_upstream)
     return app
 
 
@@ -141,6 +150,18 @@ async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     await runtime.start()
     yield
     await runtime.stop()
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    link = app[UPSTREAM_KEY]
+    await link.start()
+    yield
+    await link.stop()
+
+
+async def _stop_upstream(app: web.Application) -> None:
+    # Before the server waits for in-flight requests: some of them are the link's own tasks.
+    await app[UPSTREAM_KEY].stop()
 
 
 def _admin_ctx(seed: AdminSeed) -> CleanupCtx:

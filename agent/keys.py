@@ -12,6 +12,7 @@ from agent.events import EventBus
 from agent.projects import ProjectService
 from agent.ratelimit import Decision, RateLimits
 from agent.store import Database
+from agent.upstream import UpstreamLink
 from agent.webhooks import WebhookRuntime, WebhookService
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "RATE_LIMITS_KEY",
     "REQUEST_ID_KEY",
     "STARTED_AT_KEY",
+    "UPSTREAM_KEY",
     "WEBHOOKS_KEY",
     "WEBHOOK_RUNTIME_KEY",
 ]
@@ -48,3 +50,4 @@ ACCOUNTS_KEY = web.AppKey("accounts", AccountService)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
 WEBHOOKS_KEY = web.AppKey("webhooks", WebhookService)
 WEBHOOK_RUNTIME_KEY = web.AppKey("webhook_runtime", WebhookRuntime)
+UPSTREAM_KEY = web.AppKey("upstream", UpstreamLink)

@@ -170,6 +170,11 @@ class UpstreamConfig(_Section):
             raise ValueError("must start with ws:// or wss://")
         return value
 
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _empty_ca_file(cls, value: object) -> object:
+        return None if value == "" else value
+
     @property
     def enabled(self) -> bool:
         """Whether the link runs at all."""

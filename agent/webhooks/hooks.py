@@ -222,7 +222,6 @@ class WebhookService:
     async def ping(self, webhook_id: str) -> tuple[str, float]:
         """Emit a ``webhook.ping`` event for this hook only (delivered like any other event);
         return its event id and time. Conflict when the hook is disabled."""
-        now = self._clock.time()
 
         def _emit(tx: Tx) -> tuple[str, float] | str:
             row = tx.execute("SELECT enabled FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
@@ -230,7 +229,8 @@ class WebhookService:
                 return "missing"
             if not row["enabled"]:
                 return "disabled"
-            event = tx.emit(PING_EVENT, {"webhook_id": webhook_id, "sent_at": now})
+            event = tx.emit(PING_EVENT, {"webhook_id": webhook_id,
+                                         "message": "Test event from POST /v1/webhooks/{id}/test"})
             return event.id, event.timestamp
 
         outcome = await self._db.write(_emit)

@@ -74,9 +74,10 @@ class Sender:
 
     async def start(self) -> None:
         """Open the client session."""
+        # One connection per attempt (force_close): every attempt resolves and checks afresh.
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(allow_private=self._config.allow_private_targets),
-            use_dns_cache=False, limit=self._config.concurrency)
+            use_dns_cache=False, force_close=True, limit=self._config.concurrency)
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
                                               auto_decompress=False)
 
@@ -141,7 +142,7 @@ class Sender:
                 break
             data += part
         if not resp.content.at_eof():
-            resp.close()  # more than we read: drop the connection rather than drain it
+            resp.close()  # more than we read: drop the connection rather than read on
         return bytes(data[:_EXCERPT_BYTES])
 
     def _judge(self, resp: aiohttp.ClientResponse, excerpt: bytes, duration_ms: float,

@@ -37,6 +37,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _V4_COMPATIBLE = ipaddress.ip_network("::/96")
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
 _CANONICAL_OCTET = re.compile(r"^(0|[1-9][0-9]{0,2})$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
 
 
 class TargetRefused(Exception):
@@ -119,23 +120,29 @@ def check_url(url: str, *, allow_private: bool, require_https: bool = False) -> 
 
     Raises TargetRefused with a reason a user can act on.
     """
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise TargetRefused("the URL must not contain spaces or control characters")
     try:
         parsed = URL(url)
-    except (ValueError, TypeError):
+    except Exception:  # the parser has more failure modes than ValueError on hostile input
         raise TargetRefused("not a valid URL") from None
     if parsed.scheme not in ("http", "https"):
         raise TargetRefused("the scheme must be http or https")
     if require_https and parsed.scheme != "https":
         raise TargetRefused("the scheme must be https ([webhooks] require_https = true)")
-    if not parsed.host:
-        raise TargetRefused("the URL has no host")
-    if parsed.fragment:
-        raise TargetRefused("the URL must not have a fragment")
     try:
+        host = parsed.raw_host
+        parsed.host  # noqa: B018 - an invalid IDNA name raises here
         parsed.port  # noqa: B018 - an out-of-range port raises here
-    except ValueError:
-        raise TargetRefused("the port is out of range") from None
-    host = parsed.host
+        fragment = parsed.fragment
+    except Exception:  # ValueError, UnicodeError (IDNA), IndexError on hostile input
+        raise TargetRefused("the host or port is not valid") from None
+    if not host:
+        raise TargetRefused("the URL has no host")
+    if fragment:
+        raise TargetRefused("the URL must not have a fragment")
+    if _literal(host) is None and not _HOST_NAME.match(host):
+        raise TargetRefused("the host is not a valid name")
     issue = numeric_host_issue(host)
     if issue is not None:
         raise TargetRefused(issue)

@@ -63,7 +63,9 @@ def test_odd_numeric_hosts_are_refused(url: str, allow_private: bool) -> None:
 @pytest.mark.parametrize(("url", "why"), [
     ("ftp://example.com/", "http or https"), ("file:///etc/passwd", "http or https"),
     ("gopher://x/", "http or https"), ("http:///path", "no host"),
-    ("http://example.com/#frag", "fragment"), ("not a url", "http or https"),
+    ("http://example.com/#frag", "fragment"), ("not a url", "spaces or control"),
+    ("https://a.com/\x00x", "control"), ("https://a.com/a b", "spaces"),
+    ("http://-bad-.com/", "not a valid name"), ("http://xn--/", "not valid"),
     ("http://[::ffff:127.0.0.1]/", "IPv4-mapped"), ("http://[::1]:8080/", "loopback"),
     ("http://169.254.169.254/latest/meta-data/", "metadata"),
 ])

@@ -81,7 +81,8 @@ async def collect(providers: UpstreamProviders) -> dict[str, Any]:
 
     async def guarded(name: str, provider: Callable[[], Awaitable[Any]]) -> Any:
         try:
-            return await asyncio.wait_for(provider(), PROVIDER_TIMEOUT)
+            async with asyncio.timeout(PROVIDER_TIMEOUT):
+                return await provider()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -111,7 +111,9 @@ class Dispatcher:
                     log.debug("webhook_deliveries_created", count=created)
                 if consumed >= self._batch:
                     continue
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(subscription.get(), self._poll)
+                    async with asyncio.timeout(self._poll):
+                        await subscription.get()
         finally:
             subscription.close()

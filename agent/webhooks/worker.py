@@ -1,8 +1,9 @@
 """The delivery worker: sends due deliveries, bounded per hook and overall, and logs each try.
 
 Each attempt is persisted twice: before it starts (delivery ``delivering``, attempt
-``in_progress``) and when it ends (its outcome, status code, duration, error and the time of
-the next attempt). A kill -9 in between leaves the first record; ``recover`` at the next start
+``in_progress``; attempts launched together share one transaction) and when it ends (its
+outcome, status code, duration, error and the time of the next attempt; outcomes arriving
+together share one transaction). A kill -9 in between leaves the first record; ``recover`` at the next start
 marks such attempts ``interrupted``, counts them on the delivery (the receiver may have got a
 duplicate) and retries at once. So a delivery is never lost, and duplicates are counted.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections import Counter
@@ -64,6 +66,8 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._per_hook: Counter[str] = Counter()
+        self._outcomes: list[tuple[_Job, AttemptResult, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._turn = 0
         self.rounds = 0  # scheduling rounds completed; lets tests wait for one
         self._last_prune = -_PRUNE_EVERY
@@ -109,14 +113,18 @@ class DeliveryWorker:
                     log.error("webhook_worker_failed", error_type=type(exc).__name__)
                     wait = self._max_wait
                 self.rounds += 1
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
+                    async with asyncio.timeout(max(0.0, wait)):
+                        await self._wake.wait()
         finally:
             await self.stop()
 
     async def stop(self) -> None:
         """Cancel running attempts; they are recovered as interrupted at the next start."""
         tasks = list(self._inflight.values())
+        if self._flusher is not None:
+            tasks.append(self._flusher)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -198,7 +206,7 @@ class DeliveryWorker:
             except Exception as exc:
                 log.error("webhook_attempt_crashed", error_type=type(exc).__name__)
                 result = AttemptResult("failed", 0.0, error="internal error in the agent")
-            await self._db.write(lambda tx: self._finish(tx, job, result))
+            await self._record(job, result)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -210,6 +218,34 @@ class DeliveryWorker:
             if self._per_hook[job.webhook_id] <= 0:
                 del self._per_hook[job.webhook_id]
             self.kick()
+
+    async def _record(self, job: _Job, result: AttemptResult) -> None:
+        """Persist an outcome. Outcomes finishing together share one transaction (group
+        commit), so a burst costs a few fsyncs rather than one per attempt."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outcomes.append((job, result, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="webhook-outcomes")
+        await done
+
+    async def _flush(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await self._db.write(functools.partial(self._finish_all, batch=batch))
+            except Exception as exc:
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    def _finish_all(self, tx: Tx,
+                    batch: list[tuple[_Job, AttemptResult, asyncio.Future[None]]]) -> None:
+        for job, result, _ in batch:
+            self._finish(tx, job, result)
 
     def _finish(self, tx: Tx, job: _Job, result: AttemptResult) -> None:
         """Record the attempt's outcome and decide what happens next (one write)."""

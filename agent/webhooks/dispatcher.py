@@ -42,6 +42,7 @@ class Dispatcher:
         self._on_created = on_created
         self._batch = batch_size
         self._poll = poll_interval
+        self.rounds = 0  # times it went to wait; lets tests wait for that
 
     async def run_once(self) -> tuple[int, int]:
         """Fan out one batch; return (events consumed, deliveries created)."""
@@ -111,6 +112,7 @@ class Dispatcher:
                     log.debug("webhook_deliveries_created", count=created)
                 if consumed >= self._batch:
                     continue
+                self.rounds += 1
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll):

@@ -201,7 +201,9 @@ class UpstreamLink:
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
             if not ws.closed:
-                await ws.close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):  # an unresponsive peer must not stall a stop
+                        await ws.close()
 
     def _hello(self) -> dict[str, Any]:
         return {"type": "hello", "protocol": PROTOCOL_VERSION, "instance_id": self.instance_id,

@@ -150,12 +150,13 @@ class DeliveryWorker:
             rows = self._db.query(
                 "SELECT id, next_attempt_at FROM webhook_deliveries WHERE webhook_id = ?"
                 " AND status = 'pending' ORDER BY next_attempt_at LIMIT ?", (hook_id, free))
-            for row in rows:
+            for row in rows:  # ordered by due time: the first one not due ends the hook's turn
                 if row["next_attempt_at"] <= now:
                     chosen.append(row["id"])
-                elif next_due is None or row["next_attempt_at"] < next_due:
+                    continue
+                if next_due is None or row["next_attempt_at"] < next_due:
                     next_due = row["next_attempt_at"]
-                    break
+                break
         if chosen:
             for job in await self._db.write(lambda tx: self._begin(tx, chosen, now)):
                 self._spawn(job)

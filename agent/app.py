@@ -27,6 +27,7 @@ from agent.api import instances as instances_api
 from agent.api import projects as projects_api
 from agent.api import scrape as scrape_api
 from agent.api import service_metrics as service_metrics_api
+from agent.api import webhooks as webhooks_api
 from agent.api.middleware import add_standard_headers, error_middleware, make_auth_middleware
 from agent.api.openapi import build_openapi
 from agent.api.routing import EndpointTable, add_endpoints
@@ -51,6 +52,9 @@ from agent.keys import (
     RATE_LIMITS_KEY,
     SAMPLER_KEY,
     STARTED_AT_KEY,
+    UPSTREAM_KEY,
+    WEBHOOK_RUNTIME_KEY,
+    WEBHOOKS_KEY,
 )
 from agent.metrics import (
     AgentMetrics,
@@ -66,6 +70,8 @@ from agent.metrics.processes import ProcessTreeSampler
 from agent.projects import ProjectService
 from agent.ratelimit import RateLimits
 from agent.store import Database, StateLock, ensure_private_dir
+from agent.upstream import UpstreamLink, default_providers, local_base_url
+from agent.webhooks import WebhookRuntime, WebhookService
 
 __all__ = ["AdminSeed", "create_app"]
 
@@ -81,6 +87,8 @@ ROUTE_TABLES: tuple[EndpointTable, ...] = (
     instances_api.routes,
     service_metrics_api.routes,
     scrape_api.routes,
+
+    webhooks_api.routes,
 )
 
 INITIAL_PASSWORD_FILE = "initial-admin-password"
@@ -139,6 +147,14 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
 
     _add_metrics(app, config, clock, db, service_source, host_reader, runtime_detector)
 
+    app[WEBHOOKS_KEY] = WebhookService(db, clock, config.webhooks)
+    app[WEBHOOK_RUNTIME_KEY] = WebhookRuntime(db, bus, clock, config.webhooks,
+                                              user_agent=f"dployr-agent/{__version__}")
+    app[UPSTREAM_KEY] = UpstreamLink(
+        db, bus, clock, config.upstream, instance=config.instance,
+        base_url=local_base_url(config.server.listen),
+        providers=default_providers(clock, app[STARTED_AT_KEY], state_dir))
+
     endpoints = add_endpoints(app, ROUTE_TABLES)
     app[OPENAPI_KEY] = json.dumps(build_openapi(endpoints, version=__version__)).encode()
     app.on_response_prepare.append(add_standard_headers)
@@ -148,6 +164,11 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     app.cleanup_ctx.append(_metrics_ctx)
 
     app.cleanup_ctx.append(_session_pruning_ctx)
+
+    app.cleanup_ctx.append(_webhooks_ctx)
+    if config.upstream.enabled:
+        app.cleanup_ctx.append(_upstream_ctx)
+        app.on_shutdown.append(_stop_upstream)
     return app
 
 
@@ -222,6 +243,24 @@ async def _session_pruning_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[WEBHOOK_RUNTIME_KEY]
+    await runtime.start()
+    yield
+    await runtime.stop()
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    link = app[UPSTREAM_KEY]
+    await link.start()
+    yield
+    await link.stop()
+
+
+async def _stop_upstream(app: web.Application) -> None:
+    # Before the server waits for in-flight requests: some of them are the link's own tasks.
+    await app[UPSTREAM_KEY].stop()
 
 
 def _admin_ctx(seed: AdminSeed) -> CleanupCtx:

@@ -24,7 +24,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AgentConfig",
@@ -212,6 +220,58 @@ class MetricsConfig(_Section):
                              "or lengthen interval/history_resolution")
         return self
 
+class WebhooksConfig(_Section):
+    """Outgoing webhooks: which targets are allowed, delivery limits and the retry schedule.
+
+    Attempt ``n`` (n >= 2) waits ``min(retry_max_delay, retry_base_delay * 3 ** (n - 2))``
+    seconds after attempt ``n - 1``, +-20 % jitter; with the defaults 14 attempts span about
+    69 hours (see docs/api.md).
+    """
+
+    allow_private_targets: bool = False
+    require_https: bool = False
+    timeout: float = Field(default=15.0, gt=0, le=300)
+    max_response_bytes: int = Field(default=65_536, ge=0, le=16 * 1_048_576)
+    max_attempts: int = Field(default=14, ge=1, le=100)
+    retry_base_delay: float = Field(default=10.0, gt=0, le=86_400)
+    retry_max_delay: float = Field(default=43_200.0, gt=0, le=7 * 86_400)
+    concurrency: int = Field(default=16, ge=1, le=1000)
+    per_hook_concurrency: int = Field(default=2, ge=1, le=100)
+    retention_days: int = Field(default=30, ge=1, le=3650)
+
+
+class UpstreamConfig(_Section):
+    """The outbound WebSocket link to a control plane; enabled when ``url`` is set."""
+
+    url: str = ""
+    token: SecretStr = SecretStr("")
+    ca_file: Path | None = None
+    heartbeat: float = Field(default=30.0, gt=0, le=3600)
+    update_interval: float = Field(default=30.0, gt=0, le=86_400)
+    reconnect_min_delay: float = Field(default=1.0, gt=0, le=3600)
+    reconnect_max_delay: float = Field(default=60.0, gt=0, le=86_400)
+    task_concurrency: int = Field(default=8, ge=1, le=1000)
+    task_timeout: float = Field(default=300.0, gt=0, le=86_400)
+    max_task_response_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    task_retention_days: int = Field(default=7, ge=1, le=3650)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value and not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return value
+
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _empty_ca_file(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the link runs at all."""
+        return bool(self.url)
+
 
 class AgentConfig(_Section):
     """The whole configuration. Frozen: it never changes while the agent runs."""
@@ -225,6 +285,9 @@ class AgentConfig(_Section):
     services: ServicesConfig = ServicesConfig()
     deploy: DeployConfig = DeployConfig()
     metrics: MetricsConfig = MetricsConfig()
+
+    webhooks: WebhooksConfig = WebhooksConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
 
 
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]],

@@ -14,6 +14,8 @@ from agent.metrics import AgentMetrics, Sampler
 from agent.projects import ProjectService
 from agent.ratelimit import Decision, RateLimits
 from agent.store import Database
+from agent.upstream import UpstreamLink
+from agent.webhooks import WebhookRuntime, WebhookService
 
 __all__ = [
     "ACCOUNTS_KEY",
@@ -32,6 +34,9 @@ __all__ = [
     "REQUEST_ID_KEY",
     "SAMPLER_KEY",
     "STARTED_AT_KEY",
+    "UPSTREAM_KEY",
+    "WEBHOOKS_KEY",
+    "WEBHOOK_RUNTIME_KEY",
 ]
 
 CONFIG_KEY = web.AppKey("config", AgentConfig)
@@ -51,3 +56,7 @@ OPENAPI_KEY = web.AppKey("openapi", bytes)
 SAMPLER_KEY = web.AppKey("sampler", Sampler)
 INSTANCE_KEY = web.AppKey("instance", InstanceService)
 AGENT_METRICS_KEY = web.AppKey("agent_metrics", AgentMetrics)
+
+WEBHOOKS_KEY = web.AppKey("webhooks", WebhookService)
+WEBHOOK_RUNTIME_KEY = web.AppKey("webhook_runtime", WebhookRuntime)
+UPSTREAM_KEY = web.AppKey("upstream", UpstreamLink)

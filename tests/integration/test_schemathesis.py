@@ -23,10 +23,13 @@ MAX_EXAMPLES = os.environ.get("DPLOYR_SCHEMATHESIS_EXAMPLES", "25")
 # The token used for the run must survive it, so revoking tokens is fuzzed separately: a
 # stateful run would otherwise find the run's own token in GET /v1/tokens and revoke it.
 REVOKE_TOKEN = "/v1/tokens/{id}"
+# Per-operation settings: where validation needs more than the schema can say.
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 def _schemathesis(agent: LiveAgent, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "schemathesis.cli", "run", f"{agent.url}/v1/openapi.json",
+    command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG),
+               "run", f"{agent.url}/v1/openapi.json",
                "--checks", "all", "--max-examples", MAX_EXAMPLES, "--seed", SEED,
                "--generation-database", "none", "--no-color", "--workers", "1",
                "--request-timeout", "30", *args]

@@ -21,6 +21,7 @@ from agent.api import accounts as accounts_api
 from agent.api import auth as auth_api
 from agent.api import health as health_api
 from agent.api import projects as projects_api
+from agent.api import routes as routes_api
 from agent.api.middleware import add_standard_headers, error_middleware, make_auth_middleware
 from agent.api.openapi import build_openapi
 from agent.api.routing import EndpointTable, add_endpoints
@@ -39,12 +40,16 @@ from agent.keys import (
     DB_KEY,
     OPENAPI_KEY,
     PROJECTS_KEY,
+    PROXY_KEY,
     RATE_LIMITS_KEY,
+    ROUTES_KEY,
     STARTED_AT_KEY,
 )
 from agent.projects import ProjectService
+from agent.proxy import RouteService, ServiceLocator, make_backend
 from agent.ratelimit import RateLimits
 from agent.store import Database, ensure_private_dir
+from agent.testing import MemoryServiceLocator
 
 __all__ = ["AdminSeed", "create_app"]
 
@@ -57,6 +62,7 @@ ROUTE_TABLES: tuple[EndpointTable, ...] = (
     auth_api.routes,
     accounts_api.routes,
     projects_api.routes,
+    routes_api.routes,
 )
 
 INITIAL_PASSWORD_FILE = "initial-admin-password"
@@ -72,11 +78,14 @@ class AdminSeed:
 
 def create_app(config: AgentConfig, *, clock: Clock | None = None,
                hasher: PasswordHasher | None = None,
-               admin: AdminSeed | None = None) -> web.Application:
+               admin: AdminSeed | None = None,
+               locator: ServiceLocator | None = None) -> web.Application:
     """Build the agent's aiohttp application from its configuration.
 
     ``clock`` and ``hasher`` may be replaced in tests. ``admin`` seeds the first user when
     the store has none (by default ``admin@localhost`` with a generated password).
+    ``locator`` tells the proxy where services listen; until the supervisor provides one,
+    an empty in-memory locator is used (no service exists, so no route can be created).
     """
     clock = clock or SystemClock()
     state_dir = config.state.dir
@@ -102,6 +111,9 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     app[ACCOUNTS_KEY] = AccountService(db, hasher, clock,
                                        password_min_length=config.auth.password_min_length)
     app[PROJECTS_KEY] = ProjectService(db, clock)
+    locator = locator or MemoryServiceLocator()
+    app[ROUTES_KEY] = RouteService(db, locator, clock)
+    app[PROXY_KEY] = make_backend(config.proxy, app[ROUTES_KEY], locator, clock)
     app[RATE_LIMITS_KEY] = RateLimits.per_hour(
         enabled=config.ratelimit.enabled,
         authenticated=config.ratelimit.authenticated_per_hour,
@@ -114,6 +126,7 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_admin_ctx(admin or AdminSeed()))
+    app.cleanup_ctx.append(_proxy_ctx)
     return app
 
 
@@ -124,6 +137,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await db.close()
     log.info("store_closed")
+
+
+async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
+    proxy = app[PROXY_KEY]
+    await proxy.start()
+    yield
+    await proxy.stop()
 
 
 def _admin_ctx(seed: AdminSeed) -> CleanupCtx:

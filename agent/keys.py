@@ -10,6 +10,7 @@ from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.events import EventBus
 from agent.projects import ProjectService
+from agent.proxy import ProxyBackend, RouteService
 from agent.ratelimit import Decision, RateLimits
 from agent.store import Database
 
@@ -23,9 +24,11 @@ __all__ = [
     "OPENAPI_KEY",
     "PRINCIPAL_KEY",
     "PROJECTS_KEY",
+    "PROXY_KEY",
     "RATE_DECISION_KEY",
     "RATE_LIMITS_KEY",
     "REQUEST_ID_KEY",
+    "ROUTES_KEY",
     "STARTED_AT_KEY",
 ]
 
@@ -43,3 +46,6 @@ RATE_DECISION_KEY = web.RequestKey("rate_decision", Decision)
 PROJECTS_KEY = web.AppKey("projects", ProjectService)
 ACCOUNTS_KEY = web.AppKey("accounts", AccountService)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
+ROUTES_KEY = web.AppKey("routes", RouteService)
+# A Protocol cannot be passed as the key's type (mypy: type-abstract), hence the annotation.
+PROXY_KEY: web.AppKey[ProxyBackend] = web.AppKey("proxy")

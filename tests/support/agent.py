@@ -48,6 +48,7 @@ def make_config(state_dir: Path, **sections: dict[str, Any]) -> AgentConfig:
         "state": {"dir": str(state_dir)},
         "auth": {"hash_time_cost": 1, "hash_memory_kib": 64, "hash_parallelism": 1},
         "logging": {"access_log": False},
+        "proxy": {"listen": "127.0.0.1:0"},  # never the shared default 127.0.0.1:8080
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
@@ -103,6 +104,7 @@ class LiveAgent:
             "DPLOYR_SERVER__LISTEN": f"127.0.0.1:{self.port}",
             "DPLOYR_ADMIN_EMAIL": ADMIN_EMAIL,
             "DPLOYR_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "DPLOYR_PROXY__LISTEN": "127.0.0.1:0",
         })
         env.update(self.extra_env)
         return env

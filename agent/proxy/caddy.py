@@ -70,6 +70,7 @@ class CaddyBackend:
         self._last_sync: float | None = None
         self._error: str | None = None
         self._route_count = 0
+        self._policy_absent = False  # checked once: no policy of ours in Caddy
         self.reapplied = 0  # how many times Caddy had lost or changed our server
 
     @property
@@ -144,7 +145,7 @@ class CaddyBackend:
     async def _converge(self) -> bool:
         routes, desired, policy = self._desired()
         self._route_count = len(routes)
-        actual = await self._call("GET", self.server_path)
+        actual = await self._call("GET", self.server_path, missing_ok=True)
         changed = False
         if actual != desired:
             changed = True
@@ -185,15 +186,18 @@ class CaddyBackend:
             await self._call("PUT", self.server_path, desired)
 
     async def _apply_policy(self, policy: JsonObj | None) -> bool:
+        if policy is None and self._policy_absent:
+            return False  # (Caddy logs every unknown @id asked for: do not ask on each poll)
         policy_path = f"/id/{self._settings.policy_id}"
         actual = await self._call("GET", policy_path, missing_ok=True)
+        self._policy_absent = policy is None
         if actual == policy:
             return False
         if policy is None:
             await self._call("DELETE", policy_path)
         elif actual is not None:
             await self._call("PATCH", policy_path, policy)
-        elif isinstance(await self._call("GET", _POLICIES), list):
+        elif isinstance(await self._call("GET", _POLICIES, missing_ok=True), list):
             # First, so it wins over a catch-all policy of the operator's.
             await self._call("PUT", f"{_POLICIES}/0", policy)
         else:
@@ -211,7 +215,9 @@ class CaddyBackend:
                     missing_ok: bool = False) -> Any:
         """One admin API call; its decoded JSON answer (None for an empty one).
 
-        ``missing_ok``: an unknown ``@id`` (404) gives None instead of an error.
+        ``missing_ok``: a path or ``@id`` that does not exist gives None instead of an error
+        (Caddy answers 404 for an unknown ``@id``, 400 "invalid traversal path" for a path
+        whose parent is missing, and ``null`` when only the last key is missing).
         """
         if self._session is None:
             raise CaddyError("the Caddy backend is not started")
@@ -226,7 +232,7 @@ class CaddyBackend:
             raise CaddyError(f"Caddy's admin API at {self._admin_url} is unreachable "
                              f"({type(exc).__name__})") from None
         self._reachable = True
-        if resp.status == 404 and missing_ok:
+        if missing_ok and (resp.status == 404 or (resp.status == 400 and b"traversal" in raw)):
             return None
         if resp.status >= 400:
             raise CaddyError(f"Caddy refused {method} {path}: {resp.status} "

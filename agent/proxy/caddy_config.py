@@ -98,8 +98,9 @@ def _upstream_handlers(upstream: Upstream, settings: CaddySettings) -> list[Json
     handler: JsonObj = {
         "handler": "reverse_proxy",
         "upstreams": [{"dial": upstream.authority}],
-        # Flush every write: a slow stream reaches the client as it is produced.
-        "flush_interval": -1,
+        # No "flush_interval": -1. Caddy already flushes every write of a response of unknown
+        # length or of type text/event-stream, and an explicit -1 makes Caddy 2.6.2 wrap
+        # requests in a context that panics the whole process on a config reload.
         "transport": {
             "protocol": "http",
             "dial_timeout": _duration(settings.connect_timeout),

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import traceback
 
 import structlog
 from aiohttp import (
     ClientConnectionError,
+    ClientError,
     ClientPayloadError,
     ClientResponse,
     ClientSession,
@@ -53,6 +55,14 @@ log = structlog.get_logger("agent.proxy")
 # Responses of known length up to this size are read whole: cheaper than a chunk loop.
 _SMALL_BODY = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}:{last.name}"
 
 
 def _error(error: AgentError) -> web.Response:
@@ -149,6 +159,11 @@ class BuiltinProxy:
             return await self._dispatch(request)
         except AgentError as exc:
             return _error(exc)
+        except Exception as exc:
+            # The type and place only, as the API does: the text may carry request data.
+            log.error("proxy_request_failed", error_type=type(exc).__name__,
+                      where=_where(exc))
+            return _error(AgentError())
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         # Not request.host: without a Host header it falls back to socket.getfqdn(), a DNS call.
@@ -201,7 +216,7 @@ class BuiltinProxy:
                 return await self._relay(request, upstream_resp)
         except TimeoutError:
             raise GatewayTimeout() from None
-        except (ClientConnectionError, OSError) as exc:
+        except (ClientError, OSError) as exc:  # refused, reset, malformed answer
             log.warning("proxy_upstream_failed", upstream=upstream.authority,
                         error_type=type(exc).__name__)
             raise BadGateway() from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,8 +35,9 @@ from agent.proxy.caddy_config import (
     build_tls_policy,
     plan,
 )
-from agent.proxy.locator import ServiceLocator, Target
+from agent.proxy.locator import ServiceLocator, StaticSite, Target
 from agent.proxy.routes import Route, RouteChange, RouteService
+from agent.proxy.static import escaping_links
 
 __all__ = ["CaddyBackend", "CaddyError"]
 
@@ -45,6 +47,7 @@ log = structlog.get_logger("agent.proxy")
 # config reload in Caddy).
 _MAX_OPS = 4
 _POLICIES = "/config/apps/tls/automation/policies"
+_LINK_CACHE = 256
 
 
 class CaddyError(Exception):
@@ -71,6 +74,7 @@ class CaddyBackend:
         self._error: str | None = None
         self._route_count = 0
         self._policy_absent = False  # checked once: no policy of ours in Caddy
+        self._links: dict[Path, tuple[str, ...]] = {}
         self.reapplied = 0  # how many times Caddy had lost or changed our server
 
     @property
@@ -135,15 +139,31 @@ class CaddyBackend:
                 self._last_sync = self._clock.time()
             return True
 
-    def _desired(self) -> tuple[list[Route], JsonObj, JsonObj | None]:
+    async def _desired(self) -> tuple[list[Route], JsonObj, JsonObj | None]:
         routes = self._routes.all()
         targets: dict[str, Target | None] = {
             r.id: self._locator.target(r.service_id, r.port) for r in routes}
-        return (routes, build_server(routes, targets, self._settings),
+        hidden: dict[Path, tuple[str, ...]] = {}
+        for target in targets.values():
+            if isinstance(target, StaticSite):
+                hidden[target.root] = await self._escaping_links(target.root)
+        return (routes, build_server(routes, targets, self._settings, hidden),
                 build_tls_policy(routes, self._settings))
 
+    async def _escaping_links(self, root: Path) -> tuple[str, ...]:
+        """Links out of a static root, walked once per root (releases are immutable)."""
+        links = self._links.get(root)
+        if links is None:
+            links = await asyncio.to_thread(escaping_links, root)
+            if len(self._links) >= _LINK_CACHE:
+                self._links.pop(next(iter(self._links)))
+            self._links[root] = links
+            if links:
+                log.warning("static_site_links_hidden", root=str(root), count=len(links))
+        return links
+
     async def _converge(self) -> bool:
-        routes, desired, policy = self._desired()
+        routes, desired, policy = await self._desired()
         self._route_count = len(routes)
         actual = await self._call("GET", self.server_path, missing_ok=True)
         changed = False

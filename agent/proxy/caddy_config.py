@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent.config import ProxyConfig
@@ -115,16 +116,29 @@ def _upstream_handlers(upstream: Upstream, settings: CaddySettings) -> list[Json
     return [handler]
 
 
-def _static_handlers(site: StaticSite, prefix: str) -> list[JsonObj]:
-    handlers: list[JsonObj] = []
+def _static_handlers(site: StaticSite, prefix: str, hidden: Sequence[str]) -> list[JsonObj]:
+    reads: list[JsonObj] = []
     if prefix != "/":
-        handlers.append({"handler": "rewrite", "strip_path_prefix": prefix})
-    handlers.append({"handler": "file_server", "root": str(site.root), "hide": [".*"]})
-    return handlers
+        reads.append({"handler": "rewrite", "strip_path_prefix": prefix})
+    # ".*": dotfiles anywhere in the path; then symlinks leading out of the root, which
+    # Caddy's file_server would otherwise follow.
+    reads.append({"handler": "file_server", "root": str(site.root), "hide": [".*", *hidden]})
+    refused = _envelope_response(MethodNotAllowed(
+        "Method not allowed here", details={"allowed": ["GET", "HEAD"]}))
+    refused["headers"]["Allow"] = ["GET, HEAD"]
+    # Caddy 2.6's file_server answers any method; reads only, as the built-in proxy.
+    return [{"handler": "subroute", "routes": [
+        {"match": [{"method": ["GET", "HEAD"]}], "handle": reads},
+        {"handle": [refused]},
+    ]}]
 
 
-def route_json(route: Route, target: Target | None, settings: CaddySettings) -> JsonObj:
-    """One Caddy route for a stored route and its service's current target."""
+def route_json(route: Route, target: Target | None, settings: CaddySettings,
+               hidden: Sequence[str] = ()) -> JsonObj:
+    """One Caddy route for a stored route and its service's current target.
+
+    ``hidden``: for a static site, the paths of links out of its root (``escaping_links``).
+    """
     matcher: JsonObj = {"host": [route.domain]}
     paths = _path_matcher(route.path_prefix)
     if paths:
@@ -132,7 +146,7 @@ def route_json(route: Route, target: Target | None, settings: CaddySettings) -> 
     if target is None:
         handle = [_envelope_response(BadGateway("The service is not running"))]
     elif isinstance(target, StaticSite):
-        handle = _static_handlers(target, route.path_prefix)
+        handle = _static_handlers(target, route.path_prefix, hidden)
     else:
         handle = _upstream_handlers(target, settings)
     return {"@id": settings.route_id(route.id), "match": [matcher], "handle": handle,
@@ -158,10 +172,16 @@ def _error_routes() -> list[JsonObj]:
 
 
 def build_server(routes: Sequence[Route], targets: Mapping[str, Target | None],
-                 settings: CaddySettings) -> JsonObj:
-    """The whole server object, ``targets`` keyed by route id."""
+                 settings: CaddySettings,
+                 hidden: Mapping[Path, Sequence[str]] | None = None) -> JsonObj:
+    """The whole server object; ``targets`` keyed by route id, ``hidden`` by static root."""
+    hidden = hidden or {}
     ordered = sort_for_matching(routes)
-    caddy_routes = [route_json(r, targets.get(r.id), settings) for r in ordered]
+    caddy_routes = []
+    for route in ordered:
+        target = targets.get(route.id)
+        links = hidden.get(target.root, ()) if isinstance(target, StaticSite) else ()
+        caddy_routes.append(route_json(route, target, settings, links))
     caddy_routes.append({"@id": settings.catchall_id, "handle": [
         _envelope_response(NotFound("No route for this host and path"))]})
     server: JsonObj = {"listen": list(settings.listen), "routes": caddy_routes,

@@ -12,12 +12,13 @@ HEAD are handled by aiohttp's ``FileResponse``. The file system is touched in a 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Literal
 
 from aiohttp import web
 
-__all__ = ["locate", "serve_static"]
+__all__ = ["escaping_links", "locate", "serve_static"]
 
 Found = tuple[Literal["file"], Path] | tuple[Literal["redirect", "missing"], None]
 
@@ -57,3 +58,34 @@ async def serve_static(request: web.BaseRequest, root: Path, path_prefix: str,
     if kind == "missing" or path is None:
         return None
     return web.FileResponse(path)
+
+
+def escaping_links(root: Path, *, limit: int = 200_000) -> tuple[str, ...]:
+    """The symlinks under ``root`` (as spelled, joined to ``root``) that lead out of it.
+
+    For the Caddy backend, whose file_server follows symlinks anywhere: it is told to hide
+    these. Hidden directories are not entered (they are hidden anyway); at most ``limit``
+    entries are looked at. Blocking: run in a thread.
+    """
+    try:
+        base = root.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return ()
+    found: list[str] = []
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in (*dirnames, *filenames):
+            seen += 1
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                continue
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue  # dangling or looping: nothing is served through it
+            if not target.is_relative_to(base):
+                found.append(str(path))
+        if seen > limit:
+            break
+    return tuple(sorted(found))

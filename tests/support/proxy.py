@@ -92,7 +92,7 @@ class Backend:
         if request.query.get("length") == "1":
             response.content_length = size
         await response.prepare(request)
-        sent = 0
+        sent = 0 if request.method == "GET" else size  # HEAD: headers only
         while sent < size:
             piece = CHUNK[: min(len(CHUNK), size - sent)]
             await response.write(piece)
@@ -155,6 +155,7 @@ class CaddyProcess:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.admin_port = free_port()
+        self.listen_port = free_port()  # where the agent tells it to serve the routes
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 

@@ -17,7 +17,7 @@ from agent.keys import PROXY_KEY
 from agent.proxy import BuiltinProxy, CaddyBackend, ProxyBackend
 from agent.testing import MemoryServiceLocator
 from tests.conftest import bearer, have_binary, login, require
-from tests.support.agent import ADMIN_EMAIL, ADMIN_PASSWORD, free_port, make_config
+from tests.support.agent import ADMIN_EMAIL, ADMIN_PASSWORD, make_config
 from tests.support.proxy import Backend, CaddyProcess, stop_all
 
 
@@ -26,6 +26,7 @@ class ProxyHarness:
     """One agent with its proxy; helpers to route and to send traffic through it."""
 
     kind: str
+    state: Path
     api: TestClient
     auth: dict[str, str]
     locator: MemoryServiceLocator
@@ -74,7 +75,7 @@ def _proxy_config(kind: str, caddy: CaddyProcess | None, **overrides: Any) -> di
         return {"backend": "builtin", "listen": "127.0.0.1:0", **overrides}
     assert caddy is not None
     return {"backend": "caddy", "caddy_admin": caddy.admin_url,
-            "caddy_listen": [f"127.0.0.1:{free_port()}"], "caddy_poll_interval": 0.2,
+            "caddy_listen": [f"127.0.0.1:{caddy.listen_port}"], "caddy_poll_interval": 0.2,
             **overrides}
 
 
@@ -95,22 +96,25 @@ async def make_proxy(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[MakeP
     made: list[ProxyHarness] = []
     caddies: list[CaddyProcess] = []
 
-    async def _make(kind: str, **overrides: Any) -> ProxyHarness:
-        caddy = None
-        if kind == "caddy":
+    async def _make(kind: str, *, caddy: CaddyProcess | None = None,
+                    state: Path | None = None, locator: MemoryServiceLocator | None = None,
+                    **overrides: Any) -> ProxyHarness:
+        """``caddy``/``state``/``locator``: reuse those of an earlier harness (an agent
+        restart); ``overrides``: keys of ``[proxy]``."""
+        if kind == "caddy" and caddy is None:
             require("caddy", have_binary("caddy"), "the caddy binary is not on PATH")
             caddy = CaddyProcess(tmp_path / f"caddy-{len(caddies)}")
             caddies.append(caddy)
             caddy.start()
             await caddy.wait_ready()
-        locator = MemoryServiceLocator()
-        config = make_config(tmp_path / f"state-{len(made)}",
+        locator = locator or MemoryServiceLocator()
+        config = make_config(state or tmp_path / f"state-{len(made)}",
                              proxy=_proxy_config(kind, caddy, **overrides))
         app = create_app(config, admin=AdminSeed(ADMIN_EMAIL, ADMIN_PASSWORD), locator=locator)
         api = await aiohttp_client(app)
         auth = bearer((await login(api))["access_token"])
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        harness = ProxyHarness(kind=kind, api=api, auth=auth, locator=locator,
+        harness = ProxyHarness(kind=kind, state=config.state.dir, api=api, auth=auth, locator=locator,
                                url=_proxy_url(app[PROXY_KEY]), http=http, caddy=caddy)
         made.append(harness)
         return harness

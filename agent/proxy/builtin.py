@@ -18,22 +18,11 @@ there is one handler and no routing, middleware or signals to pay for on each re
 
 from __future__ import annotations
 
-import asyncio
 import json
 import traceback
 
 import structlog
-from aiohttp import (
-    ClientConnectionError,
-    ClientError,
-    ClientPayloadError,
-    ClientResponse,
-    ClientSession,
-    ClientTimeout,
-    DummyCookieJar,
-    TCPConnector,
-    web,
-)
+from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, web
 from yarl import URL
 
 from agent.clock import Clock
@@ -46,6 +35,7 @@ from agent.proxy.names import host_of
 from agent.proxy.routes import Route, RouteChange, RouteService
 from agent.proxy.static import serve_static
 from agent.proxy.table import RouteTable
+from agent.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from agent.proxy.websocket import bridge_websocket, is_websocket_upgrade
 
 __all__ = ["BuiltinProxy"]
@@ -83,7 +73,8 @@ class BuiltinProxy:
         self._clock = clock
         self._trusted = TrustedNetworks(config.trusted_proxies)
         self._table = RouteTable()
-        self._session: ClientSession | None = None
+        self._session: ClientSession | None = None  # WebSockets only
+        self._pool: UpstreamPool | None = None
         self._runner: web.ServerRunner | None = None
         self._listen: tuple[str, ...] = ()
         self._last_sync: float | None = None
@@ -111,6 +102,10 @@ class BuiltinProxy:
                                   sock_read=config.read_timeout),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             raise_for_status=False, trust_env=False)
+        self._pool = UpstreamPool(connect_timeout=config.connect_timeout,
+                                  read_timeout=config.read_timeout,
+                                  limit=config.max_connections_per_upstream,
+                                  keepalive_timeout=config.upstream_keepalive_timeout)
         self._reload()
         server = web.Server(self._handle, handler_cancellation=False)
         runner = web.ServerRunner(server, access_log=None)
@@ -122,6 +117,7 @@ class BuiltinProxy:
         except OSError:
             await runner.cleanup()
             await self._session.close()
+            await self._pool.close()
             raise
         self._runner = runner
         bound_host, bound_port = self.address
@@ -136,6 +132,9 @@ class BuiltinProxy:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def routes_changed(self, change: RouteChange) -> None:
         self._reload()
@@ -194,39 +193,47 @@ class BuiltinProxy:
         return URL.build(scheme="http", host=upstream.host, port=upstream.port,
                          path=rel.raw_path, query_string=rel.raw_query_string, encoded=True)
 
+    def _target(self, request: web.BaseRequest) -> str:
+        raw = request.raw_path
+        if raw.startswith("/"):
+            return raw  # as the client sent it: the app decodes it itself
+        rel = request.rel_url  # absolute-form ("GET http://host/path"): keep path and query
+        return rel.raw_path + ("?" + rel.raw_query_string if rel.raw_query_string else "")
+
     async def _forward(self, request: web.BaseRequest, upstream: Upstream) -> web.StreamResponse:
-        session = self._session
-        if session is None:
+        session, pool = self._session, self._pool
+        if session is None or pool is None:
             raise BadGateway("The proxy is stopping")
         websocket = is_websocket_upgrade(request)
         headers = forwarded_request_headers(
             request.headers, peer=request.remote, host=request.headers.get("Host", ""),
-            scheme=request.scheme,
-            trusted=self._trusted, websocket=websocket)
-        url = self._url(request, upstream)
+            scheme=request.scheme, trusted=self._trusted, websocket=websocket)
+        if "Host" not in headers:  # an HTTP/1.0 client may send none; HTTP/1.1 needs one
+            headers["Host"] = upstream.authority
         if websocket:
-            return await bridge_websocket(request, session, url, headers,
+            return await bridge_websocket(request, session, self._url(request, upstream),
+                                          headers,
                                           max_message=self._config.websocket_max_message_bytes)
         if request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(_CONTINUE)
-        data = request.content if request.body_exists else None
+        body = request.content if request.body_exists else None
         try:
-            async with session.request(request.method, url, headers=headers, data=data,
-                                       allow_redirects=False, compress=None) as upstream_resp:
-                return await self._relay(request, upstream_resp)
+            async with await pool.request(upstream.host, upstream.port, request.method,
+                                          self._target(request), headers.items(), body,
+                                          request.content_length) as answer:
+                return await self._relay(request, answer)
         except TimeoutError:
             raise GatewayTimeout() from None
-        except (ClientError, OSError) as exc:  # refused, reset, malformed answer
+        except (UpstreamError, OSError) as exc:  # refused, reset, malformed answer
             log.warning("proxy_upstream_failed", upstream=upstream.authority,
                         error_type=type(exc).__name__)
             raise BadGateway() from None
 
     async def _relay(self, request: web.BaseRequest,
-                     upstream: ClientResponse) -> web.StreamResponse:
+                     upstream: UpstreamResponse) -> web.StreamResponse:
         headers = response_headers(upstream.headers)
         length = upstream.content_length
-        if request.method == "HEAD" or upstream.status in (204, 304) or (
-                length is not None and length <= _SMALL_BODY):
+        if not upstream.has_body or (length is not None and length <= _SMALL_BODY):
             body = await upstream.read()
             return web.Response(status=upstream.status, reason=upstream.reason,
                                 headers=headers, body=body or None)
@@ -234,11 +241,11 @@ class BuiltinProxy:
                                       headers=headers)
         await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+            async for piece in upstream.iter_pieces():
+                await response.write(piece)
         except ConnectionResetError:
-            return response  # the client went away; the context manager drops the upstream
-        except (ClientPayloadError, ClientConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            return response  # the client went away; leaving the exchange drops the upstream
+        except (UpstreamError, TimeoutError):
             # Headers are gone already: cut the connection so the client sees a truncated
             # body instead of a complete-looking one.
             log.warning("proxy_upstream_body_failed", status=upstream.status)

@@ -12,7 +12,7 @@ otherwise a client could claim any address.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -85,11 +85,12 @@ def forwarded_request_headers(headers: CIMultiDictProxy[str], *, peer: str | Non
     return out
 
 
-def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(headers: Sequence[tuple[str, str]]) -> CIMultiDict[str]:
     """The upstream's response headers minus the hop-by-hop ones (Set-Cookie repeats kept)."""
-    listed = _connection_tokens(headers)
+    listed = frozenset(t.strip().lower() for name, value in headers
+                       if name.lower() == "connection" for t in value.split(",") if t.strip())
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
+    for name, value in headers:
         if not _drop(name, listed):
             out.add(name, value)
     return out

@@ -42,6 +42,7 @@ class Backend:
         self.slow_release = asyncio.Event()
         self.upload_started = asyncio.Event()
         self.upload_release: asyncio.Event | None = None
+        self.stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/ws", self._ws)
@@ -66,6 +67,7 @@ class Backend:
 
     async def stop(self) -> None:
         """Graceful stop: in-flight requests finish, new connections are refused."""
+        self.stopping.set()  # ends /sleep early
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -128,7 +130,8 @@ class Backend:
         return response
 
     async def _sleep(self, request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.query.get("s", "30")))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), float(request.query.get("s", "30")))
         return web.Response(text="late")
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:

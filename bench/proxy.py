@@ -1,6 +1,6 @@
 """Proxy benchmark: one load generator (wrk), one backend, five ways to reach it, one run.
 
-    python bench/proxy.py [--duration 10] [--connections 64] [--write docs/benchmarks.md]
+    python bench/proxy.py [--duration 10] [--rounds 3] [--write docs/benchmarks.md]
 
 Measures requests per second and p99 latency of small responses through:
 
@@ -229,6 +229,13 @@ class Result:
     errors: int
 
 
+def median_of(runs: list[Result]) -> Result:
+    """The median req/s and p99 of several runs of one path; errors summed."""
+    rps = sorted(r.rps for r in runs)[len(runs) // 2]
+    p99 = sorted(r.p99_ms for r in runs)[len(runs) // 2]
+    return Result(runs[0].name, rps, p99, sum(r.errors for r in runs))
+
+
 def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
@@ -312,41 +319,38 @@ def workdir(keep: bool) -> Iterator[Path]:
 
 
 def measure(args: argparse.Namespace) -> list[Result]:
+    """Start everything, then measure the paths round-robin ``--rounds`` times (the machine's
+    noise then hits every path alike) and keep the median of each."""
     for tool in ("wrk", "nginx", "caddy"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench/proxy.py needs {tool} on PATH")
     wrk = {"duration": args.duration, "connections": args.connections, "threads": args.threads,
            "warmup": args.warmup}
-    results: list[Result] = []
     with workdir(args.keep) as work:
         procs = Processes(work)
         try:
             backend = start_backend(procs, args.backend)
-            results.append(run_wrk("direct", backend, **wrk))
-
-            nginx = start_nginx_proxy(procs, backend)
-            results.append(run_wrk("nginx", nginx, **wrk))
-            procs.stop(procs.children[-1])
-
-            caddy = start_caddy_by_hand(procs, backend)
-            results.append(run_wrk("caddy-hand", caddy, **wrk))
-            procs.stop(procs.children[-1])
-
-            builtin = free_port()
-            start_agent(procs, backend, {"backend": "builtin", "listen": f"127.0.0.1:{builtin}"})
-            results.append(run_wrk("builtin", builtin, **wrk))
-            procs.stop(procs.children[-1])
-
+            ports = {"direct": backend, "nginx": start_nginx_proxy(procs, backend),
+                     "caddy-hand": start_caddy_by_hand(procs, backend)}
+            ports["builtin"] = free_port()
+            start_agent(procs, backend, {"backend": "builtin",
+                                         "listen": f"127.0.0.1:{ports['builtin']}"})
             admin = start_caddy_empty(procs)
-            caddy_agent = free_port()
+            ports["caddy-agent"] = free_port()
             start_agent(procs, backend, {"backend": "caddy",
                                          "caddy_admin": f"http://127.0.0.1:{admin}",
-                                         "caddy_listen": [f"127.0.0.1:{caddy_agent}"]})
-            wait_http(f"http://127.0.0.1:{caddy_agent}/", host=HOST)
-            results.append(run_wrk("caddy-agent", caddy_agent, **wrk))
+                                         "caddy_listen": [f"127.0.0.1:{ports['caddy-agent']}"]})
+            wait_http(f"http://127.0.0.1:{ports['caddy-agent']}/", host=HOST)
+            runs: dict[str, list[Result]] = {name: [] for name in ports}
+            for round_ in range(args.rounds):
+                for name, port in ports.items():
+                    result = run_wrk(name, port, **wrk)
+                    runs[name].append(result)
+                    print(f"round {round_ + 1}: {name:12} {result.rps:10,.0f} req/s"
+                          f"  p99 {result.p99_ms:7.2f} ms", file=sys.stderr)
         finally:
             procs.stop_all()
-    return results
+    return [median_of(results) for results in runs.values()]
 
 
 def report(results: list[Result], args: argparse.Namespace) -> str:
@@ -355,11 +359,13 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         START,
         "## Proxy (`bench/proxy.py`)",
         "",
-        f"`python bench/proxy.py --duration {args.duration} --connections {args.connections}"
-        f" --threads {args.threads} --backend {args.backend}` on {os.cpu_count()} CPUs"
-        f" ({time.strftime('%Y-%m-%d')}). Small responses ({len(BODY)} bytes) from one"
-        f" {args.backend} backend; wrk with keep-alive, Host `{HOST}`; every proxy on the same"
-        " machine as wrk and the backend, so they compete for the same cores.",
+        f"`python bench/proxy.py --duration {args.duration} --rounds {args.rounds}"
+        f" --connections {args.connections} --threads {args.threads} --backend {args.backend}`"
+        f" on {os.cpu_count()} CPUs ({time.strftime('%Y-%m-%d')}). Small responses"
+        f" ({len(BODY)} bytes) from one {args.backend} backend; wrk with keep-alive, Host"
+        f" `{HOST}`; the paths are measured round-robin and each figure is the median of"
+        " its rounds. Everything runs on the same machine, so wrk, the backend and the proxy"
+        " share its cores.",
         "",
         "| path | req/s | p99 (ms) | errors | vs direct |",
         "|---|---:|---:|---:|---:|",
@@ -397,7 +403,8 @@ def main() -> None:
             child_agent(sys.argv[3])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds measured per path")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per path and round")
+    parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds (median)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)

@@ -58,6 +58,7 @@ class CaddySettings:
     connect_timeout: float
     read_timeout: float
     keepalive_timeout: float
+    max_connections: int
     trusted_proxies: tuple[str, ...]
 
     @classmethod
@@ -67,6 +68,7 @@ class CaddySettings:
                    acme_staging=config.acme_staging, connect_timeout=config.connect_timeout,
                    read_timeout=config.read_timeout,
                    keepalive_timeout=config.upstream_keepalive_timeout,
+                   max_connections=config.max_connections_per_upstream,
                    trusted_proxies=config.trusted_proxies)
 
     def route_id(self, route_id: str) -> str:
@@ -107,10 +109,16 @@ def _upstream_handlers(upstream: Upstream, settings: CaddySettings) -> list[Json
             "dial_timeout": _duration(settings.connect_timeout),
             "response_header_timeout": _duration(settings.read_timeout),
             "read_timeout": _duration(settings.read_timeout),
-            "keep_alive": {"enabled": True,
-                           "idle_timeout": _duration(settings.keepalive_timeout)},
+            # All of these, or Caddy keeps Go's default of 2 idle connections per app and
+            # reconnects under any concurrency (it fills in defaults only when keep_alive is
+            # absent).
+            "keep_alive": {"enabled": True, "probe_interval": "30s",
+                           "idle_timeout": _duration(settings.keepalive_timeout),
+                           "max_idle_conns_per_host": settings.max_connections or 1024},
         },
     }
+    if settings.max_connections:
+        handler["transport"]["max_conns_per_host"] = settings.max_connections
     if settings.trusted_proxies:
         handler["trusted_proxies"] = list(settings.trusted_proxies)
     return [handler]

@@ -82,7 +82,7 @@ def _parse_head(raw: bytes, method: str) -> _Head:
         elif lower == "connection":
             connection += "," + value.lower()
         headers.append((name, value))
-    tokens = {t.strip() for t in connection.split(",")}
+    tokens = {t.strip() for t in connection.split(",")} if connection else set()
     keep_alive = ("close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens)
     if method == "HEAD" or status < 200 or status in _NO_BODY_STATUS:
         return _Head(status, reason, headers, keep_alive, 0, False)

@@ -55,7 +55,9 @@ class ProxyBackend(Protocol):
     async def refresh(self, service_id: str) -> None:
         """The service's target changed (a new release took over, it stopped or started).
 
-        Called by the supervisor; when it returns, new requests go to the new target.
+        Called by the supervisor after changing what the locator answers. When it returns,
+        no new request is sent to the previous target; requests it already received may
+        still be running, so the old release is then stopped gracefully (finishing them).
         """
         ...
 

@@ -18,6 +18,7 @@ there is one handler and no routing, middleware or signals to pay for on each re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import traceback
 
@@ -35,7 +36,7 @@ from agent.proxy.names import host_of
 from agent.proxy.routes import Route, RouteChange, RouteService
 from agent.proxy.static import serve_static
 from agent.proxy.table import RouteTable
-from agent.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from agent.proxy.upstream import UpstreamError, UpstreamNotSent, UpstreamPool, UpstreamResponse
 from agent.proxy.websocket import bridge_websocket, is_websocket_upgrade
 
 __all__ = ["BuiltinProxy"]
@@ -45,6 +46,11 @@ log = structlog.get_logger("agent.proxy")
 # Responses of known length up to this size are read whole: cheaper than a chunk loop.
 _SMALL_BODY = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class _NotSent(Exception):
+    """The request never reached the upstream (refused, or closed before it was read)."""
 
 
 def _where(exc: BaseException) -> str:
@@ -174,7 +180,16 @@ class BuiltinProxy:
             raise BadGateway("The service is not running")
         if isinstance(target, StaticSite):
             return await self._static(request, target, route)
-        return await self._forward(request, target)
+        try:
+            return await self._forward(request, target)
+        except _NotSent:
+            # The old release stopped between the lookup and the connection (a redeploy):
+            # ask again; a request that was not sent at all is safe to send to the new one.
+            retry = self._locator.target(route.service_id, route.port)
+            if isinstance(retry, Upstream) and retry != target:
+                with contextlib.suppress(_NotSent):
+                    return await self._forward(request, retry)
+            raise BadGateway() from None
 
     async def _static(self, request: web.BaseRequest, site: StaticSite,
                       route: Route) -> web.StreamResponse:
@@ -227,6 +242,11 @@ class BuiltinProxy:
         except (UpstreamError, OSError) as exc:  # refused, reset, malformed answer
             log.warning("proxy_upstream_failed", upstream=upstream.authority,
                         error_type=type(exc).__name__)
+            # Refused: nothing was sent, body included. Closed unanswered: safe to repeat
+            # only for idempotent requests without a body (as HTTP clients retry).
+            if isinstance(exc, ConnectionRefusedError) or (
+                    isinstance(exc, UpstreamNotSent) and request.method in _IDEMPOTENT):
+                raise _NotSent() from None
             raise BadGateway() from None
 
     async def _relay(self, request: web.BaseRequest,

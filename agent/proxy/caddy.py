@@ -61,6 +61,7 @@ class CaddyBackend:
                  clock: Clock) -> None:
         self._admin_url = config.caddy_admin
         self._poll_interval = config.caddy_poll_interval
+        self._settle = config.caddy_refresh_settle
         self._settings = CaddySettings.of(config)
         self._routes = routes
         self._locator = locator
@@ -107,7 +108,14 @@ class CaddyBackend:
         await self.converge()
 
     async def refresh(self, service_id: str) -> None:
-        await self.converge()
+        """Point the service's routes at its new target, then let the old config settle.
+
+        Caddy answers the admin call once the new config runs, but requests its previous
+        config accepted during the reload may still be on their way to the old target; the
+        settle time lets them arrive there before the caller stops the old release.
+        """
+        if await self.converge() and self._settle:
+            await asyncio.sleep(self._settle)
 
     def status(self) -> ProxyStatus:
         return ProxyStatus(backend="caddy", reachable=self._reachable, in_sync=self._in_sync,

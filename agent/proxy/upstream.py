@@ -31,16 +31,22 @@ from dataclasses import dataclass
 
 from aiohttp import StreamReader
 
-__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse"]
+__all__ = ["UpstreamError", "UpstreamNotSent", "UpstreamPool", "UpstreamResponse"]
 
 MAX_HEAD = 64 * 1024
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class UpstreamError(Exception):
     """The app's connection failed or its answer is not valid HTTP/1.1."""
+
+
+class UpstreamNotSent(UpstreamError):
+    """The app closed the connection without a byte of answer (so it did not act on it,
+    for a request without a body, which it could not have read in full)."""
 
 
 @dataclass(slots=True)
@@ -431,9 +437,11 @@ class UpstreamPool:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await sender
                 self.release(key, conn, reuse=False)
-                stale = conn.reused and not conn.received_any and body is None
-                if attempt == 0 and stale:
+                silent = not conn.received_any and body is None
+                if attempt == 0 and silent and conn.reused and method in _IDEMPOTENT:
                     continue  # closed by the app while idle in the pool: try a fresh one
+                if silent:
+                    raise UpstreamNotSent("the app closed the connection unanswered") from None
                 raise
             except BaseException:
                 if sender is not None:

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import hashlib
 import io
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -181,7 +182,8 @@ async def test_deleting_a_route_stops_traffic(proxy: ProxyHarness) -> None:
 
 
 async def test_redeploy_under_a_request_loop_drops_nothing(proxy: ProxyHarness) -> None:
-    """Switching the service to a new release while clients hammer it loses no request."""
+    """Switching the service to a new release while clients hammer it loses no request:
+    refresh() returns once nothing new goes to the old release, which then stops gracefully."""
     old = await proxy.start_backend("v1")
     await proxy.service("svc", old)
     await proxy.route("app.test", "svc")
@@ -189,31 +191,44 @@ async def test_redeploy_under_a_request_loop_drops_nothing(proxy: ProxyHarness) 
     failures: list[str] = []
     stop = asyncio.Event()
 
+    marks: dict[str, float] = {}
+
     async def client() -> None:
         while not stop.is_set():
+            sent = time.monotonic()
             try:
                 async with proxy.request("GET", "app.test", "/") as resp:
                     body = await resp.json(content_type=None)
                     if resp.status != 200:
-                        failures.append(f"{resp.status} {body}")
+                        failures.append(f"{resp.status} {body} {_when(sent, marks)}")
                     else:
                         seen.append(body["backend"])
             except aiohttp.ClientError as exc:
-                failures.append(repr(exc))
+                failures.append(f"{exc!r} {_when(sent, marks)}")
 
     clients = [asyncio.create_task(client()) for _ in range(8)]
     await eventually(lambda: _at_least(seen, "v1", 50), message="traffic to v1")
     new = await proxy.start_backend("v2")
+    marks["switch"] = time.monotonic()
     proxy.locator.set_target("svc", new.upstream)  # what the supervisor does on a redeploy
     await proxy.backend.refresh("svc")
+    marks["refreshed"] = time.monotonic()
     switched_at = len(seen)
     await old.stop()  # graceful: requests in flight on v1 finish
+    marks["old_stopped"] = time.monotonic()
     await eventually(lambda: _at_least(seen, "v2", 50), message="traffic to v2")
     stop.set()
     await asyncio.gather(*clients)
     assert failures == []
     # Anything sent after refresh() returned and v1 drained went to v2.
     assert "v1" not in seen[switched_at + 8 * 2:]
+
+
+def _when(sent: float, marks: dict[str, float]) -> str:
+    """When a failed request was sent and answered, relative to the redeploy's steps."""
+    now = time.monotonic()
+    steps = ", ".join(f"{name} {at - sent:+.4f}s" for name, at in marks.items())
+    return f"(answered {now - sent:.4f}s after sending; {steps})"
 
 
 async def _at_least(seen: list[str], name: str, count: int) -> bool:
@@ -254,3 +269,23 @@ async def test_compressed_bodies_pass_through_untouched(proxy: ProxyHarness) -> 
                              headers={"Accept-Encoding": "gzip"}) as resp:
         assert resp.headers["Content-Encoding"] == "gzip"
         assert gzip.decompress(await resp.read()) == b"compressed " * 1000
+
+
+async def test_a_release_gone_between_lookup_and_connect_is_retried_on_the_new_one(
+        make_proxy: MakeProxy) -> None:
+    """Built-in: a request refused by a just-stopped release goes to the current one."""
+    proxy: ProxyHarness = await make_proxy("builtin")
+    new = await proxy.start_backend("v2")
+    gone = await proxy.start_backend("v1")
+    await gone.stop()
+    answers = iter([gone.upstream, new.upstream])  # stale on the first lookup only
+    await proxy.service("svc", new)
+    proxy.locator.target = (  # type: ignore[method-assign]
+        lambda service_id, port: next(answers, new.upstream))
+    await proxy.route("app.test", "svc")
+    for method in ("GET", "POST"):  # refused: nothing was sent, so even a POST may go again
+        answers = iter([gone.upstream, new.upstream])
+        body = b"x" if method == "POST" else None
+        async with proxy.request(method, "app.test", "/", data=body) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["backend"] == "v2"

@@ -2,15 +2,17 @@
 
 Per request: canonical host from the Host header -> route (``RouteTable``, rebuilt from the
 store when routes change) -> the service's current target, asked of the locator on every
-request so a new release takes traffic at once -> a static file, a WebSocket bridge, or an
-HTTP exchange over a keep-alive pool to the upstream.
+request so a new release takes traffic at once -> a static file, a WebSocket bridge (over
+aiohttp's client), or an HTTP exchange over the keep-alive ``UpstreamPool``. A request
+refused by a release that has just stopped (a redeploy racing the lookup) is sent once more
+to the service's current target.
 
-Bodies stream both ways: the request body is handed to the client session as the incoming
-stream and the response body is copied chunk by chunk as it arrives (small responses with a
-known length are read whole, which is cheaper). Nothing larger than a socket buffer is ever
-held. Content is passed through untouched (no decompression, no cookies kept, no redirects
-followed). Errors of the proxy itself are the API's envelope: 404 for an unknown host or
-path, 502 when the service is down or not running, 504 when it does not answer in time.
+Bodies stream both ways: the request body goes upstream piece by piece as it arrives, the
+response body comes back the same way (small responses with a known length are read whole,
+which is cheaper). Nothing larger than a few socket buffers is ever held. Content is passed
+through untouched (no decompression, no cookies kept, no redirects followed). Errors of the
+proxy itself are the API's envelope: 404 for an unknown host or path, 502 when the service is
+down or not running, 504 when it does not answer in time.
 
 It runs on aiohttp's low-level server (``web.Server``) rather than a ``web.Application``:
 there is one handler and no routing, middleware or signals to pay for on each request.
@@ -47,6 +49,7 @@ log = structlog.get_logger("agent.proxy")
 _SMALL_BODY = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_SHUTDOWN_TIMEOUT = 10.0
 
 
 class _NotSent(Exception):
@@ -114,7 +117,8 @@ class BuiltinProxy:
                                   keepalive_timeout=config.upstream_keepalive_timeout)
         self._reload()
         server = web.Server(self._handle, handler_cancellation=False)
-        runner = web.ServerRunner(server, access_log=None)
+        # In-flight requests get this long to finish when the agent stops.
+        runner = web.ServerRunner(server, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
         host, port = parse_listen(config.listen)
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)

@@ -76,7 +76,7 @@ class CaddyBackend:
         self._route_count = 0
         self._policy_absent = False  # checked once: no policy of ours in Caddy
         self._links: dict[Path, tuple[str, ...]] = {}
-        self.reapplied = 0  # how many times Caddy had lost or changed our server
+        self._reapplied = 0  # how many times Caddy had lost or changed our server
 
     @property
     def name(self) -> BackendName:
@@ -122,7 +122,8 @@ class CaddyBackend:
                            listen=self._settings.listen, routes=self._route_count,
                            last_sync=self._last_sync, error=self._error,
                            details={"admin": self._admin_url,
-                                    "server": self._settings.server_name})
+                                    "server": self._settings.server_name,
+                                    "reapplied": str(self._reapplied)})
 
     # -- converging ----------------------------------------------------------------------------
 
@@ -184,7 +185,7 @@ class CaddyBackend:
 
     async def _apply_server(self, actual: Any, desired: JsonObj) -> None:
         if actual is None:
-            self.reapplied += 1
+            self._reapplied += 1
             log.info("caddy_server_missing", server=self._settings.server_name)
             await self._create_server(desired)
             return
@@ -197,7 +198,7 @@ class CaddyBackend:
             except CaddyError as exc:
                 log.info("caddy_route_update_failed", error=str(exc))
         elif ops is None:
-            self.reapplied += 1
+            self._reapplied += 1
             log.info("caddy_server_replaced", server=self._settings.server_name)
         await self._call("PATCH", self.server_path, desired)
 

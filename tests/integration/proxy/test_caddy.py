@@ -50,6 +50,7 @@ async def test_caddy_killed_and_restarted_gets_its_routes_back(make_proxy: MakeP
     status = await _status(proxy)
     assert status["reachable"] and status["in_sync"] and status["error"] is None
     assert status["routes"] == 2 and status["backend"] == "caddy"
+    assert int(status["details"]["reapplied"]) >= 2  # at the first start, and after the kill
 
 
 async def _unreachable(proxy: ProxyHarness) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import ClientError, ClientSession, ClientTimeout
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector
 
 from agent.clock import Clock
 from agent.config import ProxyConfig
@@ -88,8 +88,10 @@ class CaddyBackend:
 
     async def start(self) -> None:
         """Apply every route (a failure is reported in ``status``, not raised) and poll."""
+        # A fresh connection per call: Caddy restarts its admin endpoint on config loads, and
+        # a PATCH or POST on a stale keep-alive connection would not be retried.
         self._session = ClientSession(timeout=ClientTimeout(total=10, sock_connect=3),
-                                      trust_env=False)
+                                      connector=TCPConnector(force_close=True), trust_env=False)
         await self.converge()
         self._poller = asyncio.create_task(self._poll(), name="caddy-poll")
 

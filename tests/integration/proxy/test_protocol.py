@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from agent.proxy import StaticSite
@@ -68,3 +69,33 @@ async def test_static_sites_accept_only_reads(proxy: ProxyHarness, tmp_path: Pat
     async with proxy.request("POST", "static.test", "/index.html", data=b"x") as resp:
         assert resp.status == 405
         assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_http10_clients_get_a_complete_answer(proxy: ProxyHarness) -> None:
+    """An HTTP/1.0 request (no keep-alive, no chunking) gets the whole body, then a close."""
+    backend = await proxy.start_backend("old")
+    await proxy.service("svc", backend)
+    await proxy.route("old.test", "svc")
+    url = urlsplit(proxy.url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write(b"GET /download?size=100000 HTTP/1.0\r\nHost: old.test\r\n\r\n")
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), timeout=20)  # until the proxy closes
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
+    assert b"chunked" not in head.lower()
+    assert len(body) == 100_000
+
+
+async def test_routes_survive_an_agent_restart(make_proxy: Any) -> None:
+    """Built-in: a new agent on the same state serves the stored routes from its start."""
+    first: ProxyHarness = await make_proxy("builtin")
+    backend = await first.start_backend("app")
+    await first.service("svc", backend)
+    await first.route("app.test", "svc")
+    await first.api.close()
+    second: ProxyHarness = await make_proxy("builtin", state=first.state, locator=first.locator)
+    second.backends.append(backend)
+    status, body = await second.get_json("app.test")
+    assert (status, body["backend"]) == (200, "app")

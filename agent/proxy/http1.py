@@ -44,6 +44,9 @@ def parse_head(raw: bytes, method: str) -> Head:
     try:
         # Not surrogateescape: aiohttp writes response headers as strict UTF-8.
         text = raw.decode("utf-8", "replace")
+        bare = text.replace("\r\n", "")
+        if "\r" in bare or "\n" in bare or "\x00" in bare:  # no header injection downstream
+            raise UpstreamError("bare CR, LF or NUL in the response head")
         status_line, *lines = text.split("\r\n")
         version, _, rest = status_line.partition(" ")
         code, _, reason = rest.partition(" ")

@@ -130,6 +130,7 @@ async def test_body_until_close_and_no_reuse(serve: Serve, pool: UpstreamPool) -
     b"HTTP/1.1 200 OK\r\n folded: header\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: a\nSet-Cookie: injected\r\nContent-Length: 0\r\n\r\n",
 ])
 async def test_malformed_answers_are_errors(serve: Serve, pool: UpstreamPool,
                                             head: bytes) -> None:

@@ -29,7 +29,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reused = False
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time it went back to the pool
         self._buffer = bytearray()
         self._method = "GET"
         self._head: Head | None = None
@@ -56,8 +56,6 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
         if self._head is not None and self._remaining is None and not self._head.chunked \
                 and not self._body_done:
             self._body_done = True  # a body delimited by the close
@@ -249,6 +247,15 @@ class Connection(asyncio.Protocol):
         if not self._head_waiter.done():
             await self._wait(self._head_waiter)  # type: ignore[arg-type]
         return self._head_waiter.result()
+
+    def take_complete_body(self) -> bytes | None:
+        """The whole body if it has fully arrived already (the common small case), else None."""
+        if not self._body_done or self._error is not None:
+            return None
+        body = b"".join(self._pieces)
+        self._pieces.clear()
+        self._buffered = 0
+        return body
 
     async def read_piece(self) -> bytes:
         """The next piece of the body, b"" at its end."""

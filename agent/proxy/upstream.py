@@ -59,6 +59,9 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole body (for small responses)."""
+        body = self._conn.take_complete_body()
+        if body is not None:
+            return body
         return b"".join([piece async for piece in self.iter_pieces()])
 
     async def iter_pieces(self) -> AsyncIterator[bytes]:
@@ -95,6 +98,7 @@ class UpstreamPool:
         self._open: dict[tuple[str, int], int] = {}
         self._waiters: dict[tuple[str, int], collections.deque[asyncio.Future[None]]] = {}
         self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(self, host: str, port: int, method: str, target: str,
                       headers: Iterable[tuple[str, str]], body: StreamReader | None,
@@ -136,16 +140,16 @@ class UpstreamPool:
     async def _acquire(self, key: tuple[str, int]) -> Connection:
         if self._closed:
             raise UpstreamError("the proxy is stopping")
+        loop = asyncio.get_running_loop()
         idle = self._idle.get(key)
         while idle:
-            conn = idle.pop()
-            if conn.idle_handle is not None:
-                conn.idle_handle.cancel()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            conn = idle.pop()  # the most recently used: the likeliest to be alive
+            fresh = loop.time() - conn.idle_since < self._keepalive
+            if fresh and not conn.closed and conn.transport is not None \
+                    and not conn.transport.is_closing():
                 conn.reused = True
                 return conn
-            self._open[key] -= 1
-        loop = asyncio.get_running_loop()
+            self._discard(key, conn)
         if self._limit and self._open.get(key, 0) >= self._limit:
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.setdefault(key, collections.deque()).append(waiter)
@@ -166,23 +170,34 @@ class UpstreamPool:
     def release(self, key: tuple[str, int], conn: Connection, *, reuse: bool) -> None:
         """Return a connection after an exchange (closed unless ``reuse``)."""
         if reuse and not self._closed and not conn.closed:
-            conn.idle_handle = asyncio.get_running_loop().call_later(
-                self._keepalive, self._expire, key, conn)
+            loop = asyncio.get_running_loop()
+            conn.idle_since = loop.time()
             self._idle.setdefault(key, []).append(conn)
+            if self._sweeper is None:
+                self._sweeper = loop.call_later(self._keepalive, self._sweep)
+            self._notify(key)
         else:
-            if conn.transport is not None:
-                conn.transport.close()
-            self._open[key] = self._open.get(key, 1) - 1
+            self._discard(key, conn)
+
+    def _discard(self, key: tuple[str, int], conn: Connection) -> None:
+        if conn.transport is not None:
+            conn.transport.close()
+        self._open[key] = self._open.get(key, 1) - 1
         self._notify(key)
 
-    def _expire(self, key: tuple[str, int], conn: Connection) -> None:
-        idle = self._idle.get(key, [])
-        if conn in idle:
-            idle.remove(conn)
-            self._open[key] -= 1
-            if conn.transport is not None:
-                conn.transport.close()
-            self._notify(key)
+    def _sweep(self) -> None:
+        """Close connections idle longer than the keep-alive timeout (one timer per pool,
+        not one per request)."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for key, idle in list(self._idle.items()):
+            stale = [c for c in idle if now - c.idle_since >= self._keepalive]
+            if stale:
+                self._idle[key] = [c for c in idle if now - c.idle_since < self._keepalive]
+                for conn in stale:
+                    self._discard(key, conn)
+        if any(self._idle.values()) and not self._closed:
+            self._sweeper = asyncio.get_running_loop().call_later(self._keepalive, self._sweep)
 
     def _notify(self, key: tuple[str, int]) -> None:
         waiters = self._waiters.get(key)
@@ -195,10 +210,11 @@ class UpstreamPool:
     async def close(self) -> None:
         """Close every idle connection; connections in use close when released."""
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._idle.values():
             for conn in idle:
-                if conn.idle_handle is not None:
-                    conn.idle_handle.cancel()
                 if conn.transport is not None:
                     conn.transport.close()
         self._idle.clear()

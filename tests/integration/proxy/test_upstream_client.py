@@ -203,3 +203,24 @@ async def test_head_and_no_content_have_no_body(serve: Serve, pool: UpstreamPool
     assert await _get(pool, server.port) == (204, b"")
     assert await _get(pool, server.port) == (304, b"")
     assert server.connections == 1
+
+
+async def test_connections_idle_past_the_keepalive_timeout_are_not_reused(serve: Serve) -> None:
+    """A connection that sat in the pool longer than upstream_keepalive_timeout is replaced."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await _read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    server = await serve(handler)
+    pool = UpstreamPool(connect_timeout=5, read_timeout=5, limit=0, keepalive_timeout=30)
+    assert await _get(pool, server.port) == (200, b"ok")
+    assert await _get(pool, server.port) == (200, b"ok")
+    assert server.connections == 1
+    for idle in pool._idle.values():  # as if 31 s had passed
+        for conn in idle:
+            conn.idle_since -= 31
+    assert await _get(pool, server.port) == (200, b"ok")
+    assert server.connections == 2
+    await pool.close()

@@ -144,7 +144,7 @@ class ProxyConfig(_Section):
     caddy_listen: tuple[str, ...] = ("127.0.0.1:8080",)
     caddy_server_name: str = Field(default="dployr", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     caddy_poll_interval: float = Field(default=5.0, gt=0, le=3600)
-    caddy_refresh_settle: float = Field(default=1.0, ge=0, le=60)
+    caddy_reload_settle: float = Field(default=0.5, ge=0, le=60)
     https: bool = False
     acme_email: str = Field(default="", max_length=254)
     acme_staging: bool = False

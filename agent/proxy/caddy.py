@@ -61,7 +61,8 @@ class CaddyBackend:
                  clock: Clock) -> None:
         self._admin_url = config.caddy_admin
         self._poll_interval = config.caddy_poll_interval
-        self._settle = config.caddy_refresh_settle
+        self._settle = config.caddy_reload_settle
+        self._changed_at: float | None = None  # monotonic time of our last change to Caddy
         self._settings = CaddySettings.of(config)
         self._routes = routes
         self._locator = locator
@@ -107,17 +108,29 @@ class CaddyBackend:
             self._session = None
 
     async def routes_changed(self, change: RouteChange) -> None:
-        await self.converge()
+        """Apply the change; return once Caddy's previous config no longer answers."""
+        if await self.converge():
+            await self._settled()
 
     async def refresh(self, service_id: str) -> None:
-        """Point the service's routes at its new target, then let the old config settle.
+        """Point the service's routes at its new target; return once requests accepted by
+        Caddy's previous config have reached the old target (so it can be stopped)."""
+        if await self.converge():
+            await self._settled()
 
-        Caddy answers the admin call once the new config runs, but requests its previous
-        config accepted during the reload may still be on their way to the old target; the
-        settle time lets them arrive there before the caller stops the old release.
+    async def _settled(self) -> None:
+        """Wait out ``caddy_reload_settle`` after our last change to Caddy.
+
+        Caddy answers an admin call once the new config runs, but for a few milliseconds its
+        previous config still serves requests arriving on open keep-alive connections, and
+        requests it accepted are still on their way to the old target. (The last change may
+        have been made by the poll a moment earlier: the wait counts from it.)
         """
-        if await self.converge() and self._settle:
-            await asyncio.sleep(self._settle)
+        if self._changed_at is None or not self._settle:
+            return
+        left = self._changed_at + self._settle - self._clock.monotonic()
+        if left > 0:
+            await asyncio.sleep(left)
 
     def status(self) -> ProxyStatus:
         return ProxyStatus(backend="caddy", reachable=self._reachable, in_sync=self._in_sync,
@@ -148,6 +161,8 @@ class CaddyBackend:
             self._error = None
             if changed or self._last_sync is None:
                 self._last_sync = self._clock.time()
+            if changed:
+                self._changed_at = self._clock.monotonic()
             return True
 
     async def _desired(self) -> tuple[list[Route], JsonObj, JsonObj | None]:

@@ -47,6 +47,13 @@ class Connection(asyncio.Protocol):
         self._paused_writing = False
         self._timer: asyncio.TimerHandle | None = None
         self.received_any = False
+        self.tainted = False  # sent bytes nobody asked for: never reuse
+
+    @property
+    def usable(self) -> bool:
+        """Whether an idle connection may carry another exchange."""
+        return (not self.closed and not self.tainted and self.transport is not None
+                and not self.transport.is_closing())
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -117,6 +124,7 @@ class Connection(asyncio.Protocol):
         if self._body_done:
             if data:  # bytes after a complete response: the connection cannot be trusted
                 head.keep_alive = False
+                self.tainted = True
             return
         if head.chunked:
             self._feed_chunked(data)

@@ -144,9 +144,7 @@ class UpstreamPool:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()  # the most recently used: the likeliest to be alive
-            fresh = loop.time() - conn.idle_since < self._keepalive
-            if fresh and not conn.closed and conn.transport is not None \
-                    and not conn.transport.is_closing():
+            if loop.time() - conn.idle_since < self._keepalive and conn.usable:
                 conn.reused = True
                 return conn
             self._discard(key, conn)

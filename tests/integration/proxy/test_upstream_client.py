@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from agent.proxy.upstream import UpstreamError, UpstreamPool
+from tests.support.agent import eventually
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -224,3 +225,24 @@ async def test_connections_idle_past_the_keepalive_timeout_are_not_reused(serve:
     assert await _get(pool, server.port) == (200, b"ok")
     assert server.connections == 2
     await pool.close()
+
+
+async def test_an_idle_connection_that_speaks_unasked_is_not_reused(serve: Serve,
+                                                                     pool: UpstreamPool) -> None:
+    """Bytes arriving on an idle pooled connection (a stray 408) retire it."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await _read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    server = await serve(handler)
+    assert await _get(pool, server.port) == (200, b"ok")
+
+    async def tainted() -> bool:
+        return all(c.tainted for idle in pool._idle.values() for c in idle)
+
+    await eventually(tainted, message="the stray bytes to arrive")
+    assert await _get(pool, server.port) == (200, b"ok")
+    assert server.connections == 2

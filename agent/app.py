@@ -25,6 +25,7 @@ from agent.api import auth as auth_api
 from agent.api import health as health_api
 from agent.api import instances as instances_api
 from agent.api import projects as projects_api
+from agent.api import routes as routes_api
 from agent.api import scrape as scrape_api
 from agent.api import service_metrics as service_metrics_api
 from agent.api import webhooks as webhooks_api
@@ -49,7 +50,9 @@ from agent.keys import (
     INSTANCE_KEY,
     OPENAPI_KEY,
     PROJECTS_KEY,
+    PROXY_KEY,
     RATE_LIMITS_KEY,
+    ROUTES_KEY,
     SAMPLER_KEY,
     STARTED_AT_KEY,
     UPSTREAM_KEY,
@@ -68,8 +71,10 @@ from agent.metrics import (
 )
 from agent.metrics.processes import ProcessTreeSampler
 from agent.projects import ProjectService
+from agent.proxy import RouteService, ServiceLocator, make_backend
 from agent.ratelimit import RateLimits
 from agent.store import Database, StateLock, ensure_private_dir
+from agent.testing import MemoryServiceLocator
 from agent.upstream import UpstreamLink, default_providers, local_base_url
 from agent.webhooks import WebhookRuntime, WebhookService
 
@@ -87,8 +92,8 @@ ROUTE_TABLES: tuple[EndpointTable, ...] = (
     instances_api.routes,
     service_metrics_api.routes,
     scrape_api.routes,
-
     webhooks_api.routes,
+    routes_api.routes,
 )
 
 INITIAL_PASSWORD_FILE = "initial-admin-password"
@@ -107,13 +112,17 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
                admin: AdminSeed | None = None,
                service_source: ServiceSource | None = None,
                host_reader: HostReader | None = None,
-               runtime_detector: RuntimeDetector | None = None) -> web.Application:
+               runtime_detector: RuntimeDetector | None = None,
+               locator: ServiceLocator | None = None) -> web.Application:
     """Build the agent's aiohttp application from its configuration.
 
     ``clock`` and ``hasher`` may be replaced in tests. ``admin`` seeds the first user when
     the store has none (by default ``admin@localhost`` with a generated password).
     ``service_source`` lists the services the metrics sampler measures (none by default),
     ``host_reader`` replaces the psutil host reads, ``runtime_detector`` the runtime probes.
+
+    ``locator`` tells the proxy where services listen; until the supervisor provides one,
+    an empty in-memory locator is used (no service exists, so no route can be created).
     """
     clock = clock or SystemClock()
     state_dir = config.state.dir
@@ -139,6 +148,9 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     app[ACCOUNTS_KEY] = AccountService(db, hasher, clock,
                                        password_min_length=config.auth.password_min_length)
     app[PROJECTS_KEY] = ProjectService(db, clock)
+    locator = locator or MemoryServiceLocator()
+    app[ROUTES_KEY] = RouteService(db, locator, clock)
+    app[PROXY_KEY] = make_backend(config.proxy, app[ROUTES_KEY], locator, clock)
     app[RATE_LIMITS_KEY] = RateLimits.per_hour(
         enabled=config.ratelimit.enabled,
         authenticated=config.ratelimit.authenticated_per_hour,
@@ -162,13 +174,12 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_admin_ctx(admin or AdminSeed()))
     app.cleanup_ctx.append(_metrics_ctx)
-
     app.cleanup_ctx.append(_session_pruning_ctx)
-
     app.cleanup_ctx.append(_webhooks_ctx)
     if config.upstream.enabled:
         app.cleanup_ctx.append(_upstream_ctx)
         app.on_shutdown.append(_stop_upstream)
+    app.cleanup_ctx.append(_proxy_ctx)
     return app
 
 
@@ -261,6 +272,12 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _stop_upstream(app: web.Application) -> None:
     # Before the server waits for in-flight requests: some of them are the link's own tasks.
     await app[UPSTREAM_KEY].stop()
+
+async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
+    proxy = app[PROXY_KEY]
+    await proxy.start()
+    yield
+    await proxy.stop()
 
 
 def _admin_ctx(seed: AdminSeed) -> CleanupCtx:

@@ -12,6 +12,7 @@ from agent.events import EventBus
 from agent.instance import InstanceService
 from agent.metrics import AgentMetrics, Sampler
 from agent.projects import ProjectService
+from agent.proxy import ProxyBackend, RouteService
 from agent.ratelimit import Decision, RateLimits
 from agent.store import Database
 from agent.upstream import UpstreamLink
@@ -29,9 +30,11 @@ __all__ = [
     "OPENAPI_KEY",
     "PRINCIPAL_KEY",
     "PROJECTS_KEY",
+    "PROXY_KEY",
     "RATE_DECISION_KEY",
     "RATE_LIMITS_KEY",
     "REQUEST_ID_KEY",
+    "ROUTES_KEY",
     "SAMPLER_KEY",
     "STARTED_AT_KEY",
     "UPSTREAM_KEY",
@@ -60,3 +63,7 @@ AGENT_METRICS_KEY = web.AppKey("agent_metrics", AgentMetrics)
 WEBHOOKS_KEY = web.AppKey("webhooks", WebhookService)
 WEBHOOK_RUNTIME_KEY = web.AppKey("webhook_runtime", WebhookRuntime)
 UPSTREAM_KEY = web.AppKey("upstream", UpstreamLink)
+
+ROUTES_KEY = web.AppKey("routes", RouteService)
+# A Protocol cannot be passed as the key's type (mypy: type-abstract), hence the annotation.
+PROXY_KEY: web.AppKey[ProxyBackend] = web.AppKey("proxy")

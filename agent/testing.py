@@ -27,6 +27,10 @@ from agent.metrics.sources import ServiceProcess
 
 __all__ = ["FakeClock", "FakeStarter", "ScriptedHostReader", "StaticServices", "host_reading"]
 
+from agent.proxy.locator import Target
+
+__all__ = ["FakeClock", "MemoryServiceLocator"]
+
 
 class FakeClock:
     """A clock that moves only when told to. Implements ``agent.clock.Clock``."""
@@ -138,3 +142,39 @@ class ScriptedHostReader:
         if self._queue:
             self._last = self._queue.popleft()
         return self._last
+
+class MemoryServiceLocator:
+    """An in-memory ``agent.proxy.ServiceLocator``: services and their targets set by hand.
+
+    Used by the proxy tests and, until the supervisor provides the real locator, by
+    ``create_app`` (where it starts empty, so no route can be created yet).
+    """
+
+    def __init__(self) -> None:
+        self._targets: dict[str, dict[int | None, Target | None]] = {}
+
+    def add(self, service_id: str, target: Target | None = None, *,
+            port: int | None = None) -> None:
+        """Declare a service, optionally with the target of one of its ports (None = any)."""
+        self._targets.setdefault(service_id, {})[port] = target
+
+    def set_target(self, service_id: str, target: Target | None, *,
+                   port: int | None = None) -> None:
+        """Point the service (or one of its ports) somewhere else: a redeploy, a stop."""
+        if service_id not in self._targets:
+            raise KeyError(service_id)
+        self._targets[service_id][port] = target
+
+    def remove(self, service_id: str) -> None:
+        self._targets.pop(service_id, None)
+
+    def exists(self, service_id: str) -> bool:
+        return service_id in self._targets
+
+    def target(self, service_id: str, port: int | None) -> Target | None:
+        ports = self._targets.get(service_id)
+        if ports is None:
+            return None
+        if port in ports:
+            return ports[port]
+        return ports.get(None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +19,12 @@ from aiohttp import web
 from agent import __version__
 from agent.api import accounts as accounts_api
 from agent.api import auth as auth_api
+from agent.api import deployments as deployments_api
+from agent.api import env as env_api
 from agent.api import health as health_api
+from agent.api import logs as logs_api
 from agent.api import projects as projects_api
+from agent.api import services as services_api
 from agent.api.middleware import add_standard_headers, error_middleware, make_auth_middleware
 from agent.api.openapi import build_openapi
 from agent.api.routing import EndpointTable, add_endpoints
@@ -29,6 +33,8 @@ from agent.auth.accounts import AccountService
 from agent.auth.tokens import load_or_create_secret
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig
+from agent.deployments import DeploymentService
+from agent.env import EnvService
 from agent.events import EventBus
 from agent.keys import (
     ACCOUNTS_KEY,
@@ -37,14 +43,21 @@ from agent.keys import (
     CLOCK_KEY,
     CONFIG_KEY,
     DB_KEY,
+    DEPLOYMENTS_KEY,
+    ENV_KEY,
     OPENAPI_KEY,
     PROJECTS_KEY,
     RATE_LIMITS_KEY,
     STARTED_AT_KEY,
+    SUPERVISOR_KEY,
 )
+from agent.logs import LogManager
 from agent.projects import ProjectService
 from agent.ratelimit import RateLimits
 from agent.store import Database, ensure_private_dir
+from agent.supervisor.manager import Supervisor
+from agent.supervisor.process import ProcessRuntime
+from agent.supervisor.runtime import Runtime
 
 __all__ = ["AdminSeed", "create_app"]
 
@@ -57,6 +70,10 @@ ROUTE_TABLES: tuple[EndpointTable, ...] = (
     auth_api.routes,
     accounts_api.routes,
     projects_api.routes,
+    deployments_api.routes,
+    services_api.routes,
+    logs_api.routes,
+    env_api.routes,
 )
 
 INITIAL_PASSWORD_FILE = "initial-admin-password"
@@ -72,11 +89,13 @@ class AdminSeed:
 
 def create_app(config: AgentConfig, *, clock: Clock | None = None,
                hasher: PasswordHasher | None = None,
-               admin: AdminSeed | None = None) -> web.Application:
+               admin: AdminSeed | None = None,
+               runtimes: Mapping[str, Runtime] | None = None) -> web.Application:
     """Build the agent's aiohttp application from its configuration.
 
     ``clock`` and ``hasher`` may be replaced in tests. ``admin`` seeds the first user when
     the store has none (by default ``admin@localhost`` with a generated password).
+    ``runtimes`` maps a runtime kind to its implementation (default: the process runtime).
     """
     clock = clock or SystemClock()
     state_dir = config.state.dir
@@ -102,6 +121,7 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     app[ACCOUNTS_KEY] = AccountService(db, hasher, clock,
                                        password_min_length=config.auth.password_min_length)
     app[PROJECTS_KEY] = ProjectService(db, clock)
+    _wire_services(app, config, db, clock, runtimes)
     app[RATE_LIMITS_KEY] = RateLimits.per_hour(
         enabled=config.ratelimit.enabled,
         authenticated=config.ratelimit.authenticated_per_hour,
@@ -114,7 +134,38 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
 
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_admin_ctx(admin or AdminSeed()))
+    app.cleanup_ctx.append(_supervisor_ctx)
+    app.on_shutdown.append(_end_log_followers)
     return app
+
+
+def _wire_services(app: web.Application, config: AgentConfig, db: Database, clock: Clock,
+                   runtimes: Mapping[str, Runtime] | None) -> None:
+    """Supervision, logs, env vars and deployments."""
+    services = config.services
+    logs = LogManager(max_bytes=services.log_max_bytes, max_files=services.log_max_files,
+                      clock=clock)
+    env = EnvService(db, clock, max_bytes=services.env_value_max_bytes,
+                     max_vars=services.env_max_vars)
+    supervisor = Supervisor(db, clock, services, apps_dir=config.state.dir / "apps", logs=logs,
+                            env=env, runtimes=runtimes or {"process": ProcessRuntime()})
+    app[ENV_KEY] = env
+    app[SUPERVISOR_KEY] = supervisor
+    app[DEPLOYMENTS_KEY] = DeploymentService(db, clock, services, supervisor, env)
+
+
+async def _supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
+    supervisor = app[SUPERVISOR_KEY]
+    logs = supervisor.logs()
+    await logs.open()
+    await supervisor.open()
+    yield
+    await supervisor.close()
+    await logs.close()
+
+
+async def _end_log_followers(app: web.Application) -> None:
+    await app[SUPERVISOR_KEY].logs().shutdown_followers()
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -8,10 +8,13 @@ from agent.auth import AuthService, Principal
 from agent.auth.accounts import AccountService
 from agent.clock import Clock
 from agent.config import AgentConfig
+from agent.deployments import DeploymentService
+from agent.env import EnvService
 from agent.events import EventBus
 from agent.projects import ProjectService
 from agent.ratelimit import Decision, RateLimits
 from agent.store import Database
+from agent.supervisor.manager import Supervisor
 
 __all__ = [
     "ACCOUNTS_KEY",
@@ -20,6 +23,8 @@ __all__ = [
     "CLOCK_KEY",
     "CONFIG_KEY",
     "DB_KEY",
+    "DEPLOYMENTS_KEY",
+    "ENV_KEY",
     "OPENAPI_KEY",
     "PRINCIPAL_KEY",
     "PROJECTS_KEY",
@@ -27,6 +32,7 @@ __all__ = [
     "RATE_LIMITS_KEY",
     "REQUEST_ID_KEY",
     "STARTED_AT_KEY",
+    "SUPERVISOR_KEY",
 ]
 
 CONFIG_KEY = web.AppKey("config", AgentConfig)
@@ -43,3 +49,6 @@ RATE_DECISION_KEY = web.RequestKey("rate_decision", Decision)
 PROJECTS_KEY = web.AppKey("projects", ProjectService)
 ACCOUNTS_KEY = web.AppKey("accounts", AccountService)
 OPENAPI_KEY = web.AppKey("openapi", bytes)
+SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
+ENV_KEY = web.AppKey("env", EnvService)
+DEPLOYMENTS_KEY = web.AppKey("deployments", DeploymentService)

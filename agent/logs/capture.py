@@ -1,0 +1,338 @@
+"""Capture: from the app's raw output files to the service's stamped, rotated log. No loss.
+
+The app writes to two raw files it holds open ``O_APPEND`` (``run/stdout.raw``,
+``run/stderr.raw``); the agent never writes to them and never truncates them while the app
+may write. A pump step:
+
+1. reads each raw file from its offset (``pread``), up to the last complete line;
+2. stamps the lines (seq, time, stream) and appends them to ``logs/app.log``, rotating when
+   the next line would pass ``max_bytes`` (state is saved before each rotation);
+3. saves the offsets and the last seq in ``run/capture.json`` (write to a temp file, then
+   ``os.replace``);
+4. frees the consumed part of each raw file with ``fallocate(PUNCH_HOLE | KEEP_SIZE)``: the
+   file keeps its size for the writer but takes no disk.
+
+Exactly once, across agent crashes: the offsets move only after the lines are written, and
+on open the active file is cut back to the last line whose seq was saved (a crash between
+2 and 3 re-reads those lines from the raw files instead of duplicating them).
+
+Where hole punching is not supported (rare filesystems), a raw file that has been read to
+its end is truncated instead: a line written between the size check and the truncation is
+lost. That fallback is the only lossy path and is logged once (``log_hole_punch_unsupported``).
+
+Not thread-safe: the LogManager runs every method of one capture on its single log thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import errno
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from agent.logs.files import LogFiles, reverse_lines
+from agent.logs.format import MAX_LINE, encode_line, format_timestamp, parse_line
+from agent.supervisor.runtime import LogPaths
+
+__all__ = ["LogCapture", "punch_hole"]
+
+log = structlog.get_logger("agent.logs")
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_READ_LIMIT = 1 << 20          # bytes read per raw file per step
+_HOLE_ALIGN = 4096
+_TRUNCATE_AFTER = 1 << 20      # copy-truncate fallback: truncate once this much was read
+STDERR_TAIL = 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free ``length`` bytes at ``offset`` of the file, keeping its size; raises OSError."""
+    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@dataclass
+class _Raw:
+    """One raw output file and how far it has been consumed."""
+
+    stream: str
+    path: Path
+    fd: int = -1
+    offset: int = 0
+    freed: int = 0
+
+    def open(self) -> None:
+        if self.fd < 0:
+            # Read-write only because fallocate needs it; the agent never writes here.
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    text: bytes
+    raw: _Raw
+    end: int  # the raw file's offset just after this piece
+
+
+def _chunks(raw: _Raw, piece: bytes, offset: int, out: list[_Piece], *, newline: bool) -> int:
+    """Append ``piece`` (which starts at raw ``offset``) in chunks of at most MAX_LINE;
+    return the offset after it (and after its newline, when it had one)."""
+    if not piece:
+        out.append(_Piece(b"", raw, offset + 1 if newline else offset))
+        return offset + 1 if newline else offset
+    for start in range(0, len(piece), MAX_LINE):
+        chunk = piece[start:start + MAX_LINE]
+        offset += len(chunk)
+        if newline and start + MAX_LINE >= len(piece):
+            offset += 1
+        out.append(_Piece(chunk, raw, offset))
+    return offset
+
+
+class LogCapture:
+    """Moves one service's raw output into its stamped log. See the module docstring."""
+
+    def __init__(self, app_dir: Path, *, max_bytes: int, max_files: int,
+                 now: Callable[[], float]) -> None:
+        self.app_dir = app_dir
+        self.run_dir = app_dir / "run"
+        self.files = LogFiles(app_dir / "logs", max_bytes=max_bytes, max_files=max_files)
+        self.raw_paths = LogPaths(stdout=self.run_dir / "stdout.raw",
+                                  stderr=self.run_dir / "stderr.raw")
+        self._raws = (_Raw("stdout", self.raw_paths.stdout), _Raw("stderr", self.raw_paths.stderr))
+        self._state_path = self.run_dir / "capture.json"
+        self._now = now
+        self._out_fd = -1
+        self._out_size = 0
+        self.seq = 0
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self._punch = True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the directories and files, load the saved state, repair the active file."""
+        for directory in (self.app_dir, self.run_dir, self.files.directory):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state = self._load_state()
+        self.seq = int(state.get("seq", 0))
+        for raw in self._raws:
+            raw.open()
+            raw.offset = int(state.get(raw.stream, 0))
+            if raw.offset > os.fstat(raw.fd).st_size:
+                raw.offset = 0  # truncated behind our back: start over
+        self._repair_active()
+        self._open_out()
+        self._load_stderr_tail()
+
+    def close(self) -> None:
+        """Release the files (the state is saved after every step already)."""
+        for raw in self._raws:
+            raw.close()
+        if self._out_fd >= 0:
+            os.close(self._out_fd)
+            self._out_fd = -1
+
+    def _load_state(self) -> dict[str, int]:
+        try:
+            data = json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_state(self) -> None:
+        tmp = self._state_path.with_suffix(".tmp")
+        data = {raw.stream: raw.offset for raw in self._raws}
+        data["seq"] = self.seq
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._state_path)
+
+    def _repair_active(self) -> None:
+        """Cut the active file back to its last complete line with seq <= the saved seq."""
+        path = self.files.active
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        keep = size
+        for raw in reverse_lines(path):
+            line = parse_line(raw)
+            if line is not None and line.seq <= self.seq:
+                break
+            keep -= len(raw) + 1
+        else:
+            keep = 0
+        # reverse_lines skips a partial last line; the arithmetic above started at its end.
+        with path.open("rb") as f:
+            f.seek(max(0, size - 1))
+            partial = size > 0 and f.read(1) != b"\n"
+        if partial:
+            with path.open("rb") as f:
+                data = f.read()
+            keep = min(keep, data.rfind(b"\n") + 1)
+        if keep < size:
+            os.truncate(path, max(0, keep))
+            log.info("log_capture_repaired", path=str(path), dropped_bytes=size - keep)
+
+    def _open_out(self) -> None:
+        self._out_fd = os.open(self.files.active, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                               | os.O_CLOEXEC, 0o600)
+        self._out_size = os.fstat(self._out_fd).st_size
+
+    def _load_stderr_tail(self) -> None:
+        self.stderr_tail.clear()
+        scanned = 0
+        found: list[str] = []
+        for raw in reverse_lines(self.files.active):
+            scanned += len(raw)
+            line = parse_line(raw)
+            if line is not None and line.stream == "stderr":
+                found.append(line.text.decode(errors="replace"))
+                if len(found) >= STDERR_TAIL:
+                    break
+            if scanned > 4 * _READ_LIMIT:
+                break
+        self.stderr_tail.extend(reversed(found))
+
+    # -- pumping -----------------------------------------------------------------------------
+
+    def pending(self) -> bool:
+        """Whether a raw file has bytes not yet consumed."""
+        return any(raw.fd >= 0 and os.fstat(raw.fd).st_size > raw.offset for raw in self._raws)
+
+    def pump(self, *, final: bool = False) -> int:
+        """Move every complete line from the raw files to the log; return how many.
+
+        ``final`` (the app has ended, nothing writes any more) also takes a last line that
+        has no newline.
+        """
+        total = 0
+        while True:
+            lines: list[_Piece] = []
+            more = False
+            for raw in self._raws:
+                if raw.fd < 0:
+                    continue
+                data = os.pread(raw.fd, _READ_LIMIT, raw.offset)
+                if len(data) == _READ_LIMIT:
+                    more = True
+                lines.extend(self._split(raw, data, final=final and len(data) < _READ_LIMIT))
+            if lines:
+                self._write(lines)
+                total += len(lines)
+            self._free()
+            if not more:
+                return total
+
+    @staticmethod
+    def _split(raw: _Raw, data: bytes, *, final: bool) -> list[_Piece]:
+        """The complete lines of ``data`` (read at ``raw.offset``), each with the raw offset
+        just after it. Lines longer than MAX_LINE are split; so is a partial line that has
+        reached MAX_LINE; ``final`` also takes the partial line at the end."""
+        out: list[_Piece] = []
+        offset = raw.offset
+        end = data.rfind(b"\n") + 1
+        if end:
+            for piece in data[:end - 1].split(b"\n"):
+                offset = _chunks(raw, piece, offset, out, newline=True)
+        rest = data[end:]
+        if rest and not final:
+            rest = rest[:len(rest) - len(rest) % MAX_LINE]
+        if rest:
+            _chunks(raw, rest, offset, out, newline=False)
+        return out
+
+    def _write(self, lines: list[_Piece]) -> None:
+        stamp = format_timestamp(self._now())
+        encoded = [encode_line(self.seq + index + 1, stamp, piece.raw.stream, piece.text)
+                   for index, piece in enumerate(lines)]
+        start = size = 0
+        for index, line in enumerate(encoded):
+            if self._out_size + size + len(line) > self.files.max_bytes and self._out_size + size:
+                self._flush(encoded[start:index], lines[start:index])
+                self._rotate()
+                start, size = index, 0
+            size += len(line)
+        self._flush(encoded[start:], lines[start:])
+
+    def _flush(self, encoded: list[bytes], lines: list[_Piece]) -> None:
+        """Append lines, then record how far the raw files and the seq got."""
+        if encoded:
+            buf = memoryview(b"".join(encoded))
+            while buf:
+                written = os.write(self._out_fd, buf)
+                buf = buf[written:]
+            self._out_size += sum(len(line) for line in encoded)
+        for piece in lines:
+            piece.raw.offset = piece.end
+            if piece.raw.stream == "stderr":
+                self.stderr_tail.append(piece.text.decode(errors="replace"))
+        self.seq += len(lines)
+        self._save_state()
+
+    def _rotate(self) -> None:
+        os.close(self._out_fd)
+        self.files.rotate()
+        self._open_out()
+
+    def _free(self) -> None:
+        for raw in self._raws:
+            if raw.fd < 0:
+                continue
+            if self._punch:
+                upto = raw.offset - raw.offset % _HOLE_ALIGN
+                if upto > raw.freed:
+                    try:
+                        punch_hole(raw.fd, raw.freed, upto - raw.freed)
+                        raw.freed = upto
+                    except OSError as exc:
+                        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                            raise
+                        self._punch = False
+                        log.warning("log_hole_punch_unsupported", path=str(raw.path))
+            elif raw.offset >= _TRUNCATE_AFTER and os.fstat(raw.fd).st_size == raw.offset:
+                os.ftruncate(raw.fd, 0)  # lossy: a write landing right now is lost
+                raw.offset = raw.freed = 0
+                self._save_state()
+
+    # -- between runs ------------------------------------------------------------------------
+
+    def reset_raw(self) -> None:
+        """Before a new run, with no writer left: take everything, then empty the raw files."""
+        self.pump(final=True)
+        for raw in self._raws:
+            if raw.fd >= 0:
+                os.ftruncate(raw.fd, 0)
+                raw.offset = raw.freed = 0
+        self._save_state()
+
+    def note(self, text: str) -> None:
+        """Append a line of the agent's own (stream ``agent``) to the log."""
+        self.seq += 1
+        line = encode_line(self.seq, format_timestamp(self._now()), "agent",
+                           text.encode()[:MAX_LINE])
+        if self._out_size and self._out_size + len(line) > self.files.max_bytes:
+            self._rotate()
+        os.write(self._out_fd, line)
+        self._out_size += len(line)
+        with contextlib.suppress(OSError):
+            self._save_state()

@@ -1,0 +1,205 @@
+"""A service's stamped log files: rotation, and reading without reading whole files.
+
+``app.log`` is always the active file (a fixed name, for ``tail -F`` users); rotation renames
+it to ``app.log.1`` and shifts older ones up to ``app.log.<max_files>``; older files are
+deleted. Every line carries its ``seq``, so a position in the log is a seq, whatever file it
+is in now.
+
+Reading goes backwards from the end for ``tail`` (a 1 GB file costs a few block reads) and by
+bisection for "from seq N" or "since time T". All functions here do blocking I/O: call them
+from a thread unless the amount read is small and bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from agent.logs.format import MAX_LINE, LogLine, parse_line
+
+__all__ = ["LogFiles", "Position", "reverse_lines", "tail"]
+
+_BLOCK = 64 * 1024
+_HEADER_MAX = 96  # a stamped line's header is far shorter
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A byte offset in one log file (identified by inode, since files get renamed)."""
+
+    path: Path
+    inode: int
+    offset: int
+
+
+class LogFiles:
+    """The active and rotated stamped log files of one service."""
+
+    def __init__(self, directory: Path, *, max_bytes: int, max_files: int,
+                 name: str = "app.log") -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.active = directory / name
+        self._name = name
+
+    def rotated(self, index: int) -> Path:
+        return self.directory / f"{self._name}.{index}"
+
+    def newest_first(self) -> list[Path]:
+        """Existing files, the active one first, then ``.1``, ``.2``, ..."""
+        paths = [self.active] if self.active.exists() else []
+        for index in range(1, self.max_files + 1):
+            path = self.rotated(index)
+            if not path.exists():
+                break
+            paths.append(path)
+        return paths
+
+    def rotate(self) -> None:
+        """Shift ``.N`` to ``.N+1`` (dropping the last) and the active file to ``.1``."""
+        self.rotated(self.max_files).unlink(missing_ok=True)
+        for index in range(self.max_files - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.rotated(index), self.rotated(index + 1))
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.active, self.rotated(1))
+
+    # -- locating a position -------------------------------------------------------------
+
+    def locate(self, key: Callable[[LogLine], bytes | int], target: bytes | int) -> Position:
+        """The position of the first line whose ``key`` is >= ``target`` (keys grow with
+        the log: seq or timestamp). The end of the active file when there is none."""
+        files = self.newest_first()
+        chosen: Path | None = None
+        for path in files:  # newest first: the first file that starts at or before target
+            first = _first_line(path)
+            if first is None:
+                continue
+            chosen = path
+            if key(first) <= target:  # type: ignore[operator]
+                break
+        if chosen is None:
+            return self.end()
+        offset = _bisect(chosen, key, target)
+        return Position(chosen, chosen.stat().st_ino, offset)
+
+    def locate_seq(self, seq: int) -> Position:
+        """Where the line ``seq`` (or the first one after it) is."""
+        return self.locate(lambda line: line.seq, seq)
+
+    def locate_time(self, timestamp: bytes) -> Position:
+        """Where the first line stamped at or after ``timestamp`` is."""
+        return self.locate(lambda line: line.timestamp, timestamp)
+
+    def end(self) -> Position:
+        """The end of the active file (where the next line will be written)."""
+        try:
+            st = self.active.stat()
+        except FileNotFoundError:
+            return Position(self.active, 0, 0)
+        return Position(self.active, st.st_ino, st.st_size)
+
+
+def _first_line(path: Path) -> LogLine | None:
+    try:
+        with path.open("rb") as f:
+            return parse_line(f.readline(MAX_LINE + _HEADER_MAX))
+    except FileNotFoundError:
+        return None
+
+
+def _line_from(f: BinaryIO, offset: int) -> tuple[int, LogLine | None]:
+    """Start offset and parse of the first whole line that starts at or after ``offset``."""
+    if offset:
+        f.seek(offset - 1)
+        f.readline(MAX_LINE + _HEADER_MAX)  # to just after the newline at or after offset - 1
+    else:
+        f.seek(0)
+    start = f.tell()
+    raw = f.readline(MAX_LINE + _HEADER_MAX)
+    return start, (parse_line(raw) if raw.endswith(b"\n") else None)
+
+
+def _bisect(path: Path, key: Callable[[LogLine], bytes | int], target: bytes | int) -> int:
+    """Offset of the first line in ``path`` with key >= target (or the file's end).
+
+    Bisection keeps ``lo`` at a line whose key is below target, then a short forward scan.
+    """
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        lo, hi = 0, size
+        while hi - lo > _BLOCK:
+            mid = (lo + hi) // 2
+            start, line = _line_from(f, mid)
+            if line is None or key(line) >= target:  # type: ignore[operator]
+                hi = mid
+            else:
+                lo = start
+        f.seek(lo)
+        offset = lo
+        while offset < size:
+            raw = f.readline(MAX_LINE + _HEADER_MAX)
+            if not raw.endswith(b"\n"):
+                break
+            line = parse_line(raw)
+            if line is not None and key(line) >= target:  # type: ignore[operator]
+                return offset
+            offset += len(raw)
+        return offset
+
+
+def reverse_lines(path: Path) -> Iterator[bytes]:
+    """The complete lines of ``path``, last first, reading blocks backwards from the end."""
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return
+    with f:
+        end = os.fstat(f.fileno()).st_size
+        carry = b""
+        pos = end
+        first_block = True
+        while pos > 0:
+            size = min(_BLOCK, pos)
+            pos -= size
+            f.seek(pos)
+            block = f.read(size) + carry
+            parts = block.split(b"\n")
+            carry = parts[0]
+            tail_parts = parts[1:]
+            if first_block:
+                tail_parts = tail_parts[:-1]  # after the last newline: a line being written
+                first_block = False
+            for part in reversed(tail_parts):
+                yield part
+        if carry and not first_block:
+            yield carry
+
+
+def tail(files: LogFiles, count: int, *, stream: str | None = None,
+         since: bytes | None = None) -> list[LogLine]:
+    """The last ``count`` lines (optionally of one stream, at or after ``since``), oldest first.
+
+    Reads backwards from the end of the active file into older files as needed.
+    """
+    found: list[LogLine] = []
+    if count <= 0:
+        return found
+    for path in files.newest_first():
+        for raw in reverse_lines(path):
+            line = parse_line(raw)
+            if line is None:
+                continue
+            if since is not None and line.timestamp < since:
+                return found[::-1]
+            if stream is not None and line.stream != stream:
+                continue
+            found.append(line)
+            if len(found) >= count:
+                return found[::-1]
+    return found[::-1]

@@ -108,6 +108,21 @@ def _chunks(raw: _Raw, piece: bytes, offset: int, out: list[_Piece], *, newline:
     return offset
 
 
+def _after_last_newline(path: Path, size: int) -> int:
+    """The offset just after the file's last newline (0 when it has none)."""
+    with path.open("rb") as f:
+        pos = size
+        while pos > 0:
+            start = max(0, pos - _HOLE_ALIGN)
+            f.seek(start)
+            block = f.read(pos - start)
+            index = block.rfind(b"\n")
+            if index >= 0:
+                return start + index + 1
+            pos = start
+    return 0
+
+
 class LogCapture:
     """Moves one service's raw output into its stamped log. See the module docstring."""
 
@@ -173,22 +188,12 @@ class LogCapture:
             size = path.stat().st_size
         except FileNotFoundError:
             return
-        keep = size
+        keep = _after_last_newline(path, size)  # drops a torn last line
         for raw in reverse_lines(path):
             line = parse_line(raw)
             if line is not None and line.seq <= self.seq:
                 break
             keep -= len(raw) + 1
-        else:
-            keep = 0
-        # reverse_lines skips a partial last line; the arithmetic above started at its end.
-        with path.open("rb") as f:
-            f.seek(max(0, size - 1))
-            partial = size > 0 and f.read(1) != b"\n"
-        if partial:
-            with path.open("rb") as f:
-                data = f.read()
-            keep = min(keep, data.rfind(b"\n") + 1)
         if keep < size:
             os.truncate(path, max(0, keep))
             log.info("log_capture_repaired", path=str(path), dropped_bytes=size - keep)

@@ -57,12 +57,17 @@ class HealthState:
     last_checked_at: float | None = None
     last_error: str | None = None
 
-    def record(self, result: ProbeResult, now: float) -> None:
+    def record(self, result: ProbeResult, now: float, *, starting: bool = False) -> None:
+        """Count one result. While a run is starting, failures are expected (the app is
+        still coming up): the status stays ``unknown`` until the first pass."""
         self.last_checked_at = now
         if result.ok:
             self.status, self.failures, self.last_error = "passing", 0, None
-        else:
-            self.status, self.failures, self.last_error = "failing", self.failures + 1, result.error
+            return
+        self.failures += 1
+        self.last_error = result.error
+        if not (starting and self.status == "unknown"):
+            self.status = "failing"
 
 
 async def probe(check: HealthCheck, port: int, host: str = "127.0.0.1") -> ProbeResult:

@@ -441,7 +441,8 @@ class ServiceUnit:
             async with self._lock:
                 if gen != self._gen:
                     return
-                self.health.record(result, self._ctx.clock.time())
+                self.health.record(result, self._ctx.clock.time(),
+                                   starting=self.r.state is S.STARTING)
                 state = self.r.state
                 if state is S.STARTING:
                     if result.ok:

@@ -7,7 +7,10 @@ How a run is launched::
 
 The wrapper is a few lines of ``sh`` (about 1 MB of memory). It traps the stop signals only to
 outlive them: POSIX shells run a trap after the foreground child has ended, so the wrapper
-waits for the app, writes the app's ``$?`` to the status file and exits with it. That is how
+waits for the app, writes the app's ``$?`` to the status file and exits with it. A stop that
+comes while the app is being forked could be lost (a signal that lands between the fork and
+the child's reset of the trap), so ``stop`` first creates ``<status file>.stop``, then
+signals: the forked child checks for that file after its reset and does not start the app. That is how
 an agent that restarted, and so is no longer the parent, learns how an adopted app ended
 (see docs/operations.md, "Exit status of adopted apps"). A shell reports death by signal N as
 ``128 + N``; the agent decodes it back, so an app that itself exits with a code above 128 is
@@ -53,7 +56,7 @@ log = structlog.get_logger("agent.supervisor.process")
 #: The session leader of every run. $1 = cwd, $2 = status file, $3 = the command.
 WRAPPER = """trap : HUP INT QUIT TERM USR1 USR2
 cd -- "$1" || exit 126
-( exec /bin/sh -c "$3" ) 2>&3 3>&-
+( [ ! -e "$2.stop" ] || exit 143; exec /bin/sh -c "$3" ) 2>&3 3>&-
 st=$?
 printf '%s\\n' "$st" > "$2"
 exit "$st"
@@ -74,6 +77,10 @@ class _Watch:
     stopping: bool = False
     sent_kill: bool = False
     finishing: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def _stop_marker(status_file: Path) -> Path:
+    return status_file.with_name(status_file.name + ".stop")
 
 
 def _status_from_file(path: Path) -> ExitStatus:
@@ -136,6 +143,7 @@ class ProcessRuntime:
         spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         status_file = spec.run_dir / f"{spec.kind}.exit"
         status_file.unlink(missing_ok=True)
+        _stop_marker(status_file).unlink(missing_ok=True)
         marker = "dployr-build" if spec.kind == "build" else "dployr-app"
         argv = [_SHELL, "-c", WRAPPER, marker, str(spec.cwd), str(status_file), spec.command]
         append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
@@ -296,6 +304,8 @@ class ProcessRuntime:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         watch.stopping = True
+        with contextlib.suppress(OSError):
+            _stop_marker(watch.status_file).touch()
         self._send(watch, sig)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(watch.exited), grace)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agent.keys import DB_KEY
 from tests.support.agent import eventually
-from tests.support.services import PYTHON, SERVER_APP, Harness, alive, session_of
+from tests.support.services import PYTHON, SERVER_APP, Harness, alive, session_of, wrappers_of
 
 
 def http_get(port: int) -> str:
@@ -203,3 +203,17 @@ async def test_status_reports_cpu_and_memory_of_the_whole_tree(svc: Harness) -> 
     await svc.action(sid, "stop", wait=True)
     assert all(not alive(p.pid) for p in session_of(status["pid"]))
     assert os.path.exists(svc.apps_root / "busy")
+
+
+async def test_a_stop_right_after_a_start_is_never_lost(svc: Harness) -> None:
+    """Stopping while the app is still being spawned ends it with the stop signal, not with
+    SIGKILL after the grace period."""
+    dep = await svc.deploy("quick", "exec sleep 1000", stop_timeout=5)
+    sid = dep["service_id"]
+    await svc.action(sid, "stop", wait=True)
+    for _ in range(15):
+        await svc.action(sid, "start")
+        stopped = await svc.action(sid, "stop", wait=True)
+        assert stopped["state"] == "stopped"
+        assert stopped["last_exit"]["signal"] == "SIGTERM", stopped["last_exit"]
+    assert wrappers_of(svc.state_dir) == []

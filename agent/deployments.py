@@ -14,6 +14,7 @@ A local path must resolve (symlinks and ``..`` resolved first) to a directory in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Mapping
@@ -47,7 +48,7 @@ class LocalDeployment:
     env: Mapping[str, str] = field(default_factory=dict)
     project_id: str | None = None
     health_check: HealthCheck | None = None
-    restart: RestartPolicy = RestartPolicy()
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
     stop_signal: str = "SIGTERM"
     stop_timeout: float = 10.0
 
@@ -195,10 +196,9 @@ class DeploymentService:
         """Stop the service, remove its env vars, logs, files and rows."""
         deployment = self.get(key)
         if deployment.service_id is not None:
-            try:
+            # NotFound: not under supervision (e.g. its runtime is unavailable): rows only.
+            with contextlib.suppress(NotFound):
                 await self._supervisor.remove(deployment.service_id)
-            except NotFound:
-                pass  # not under supervision (e.g. its runtime is unavailable): rows only
 
         def drop(tx: Tx) -> int:
             deleted = tx.execute("DELETE FROM deployments WHERE id = ?", (deployment.id,)).rowcount

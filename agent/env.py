@@ -21,7 +21,7 @@ from agent.clock import Clock
 from agent.errors import InvalidRequest, NotFound
 from agent.store import Database, Tx
 
-__all__ = ["EnvService", "EnvVar", "MASK", "RESERVED_KEYS", "validate_env"]
+__all__ = ["MASK", "RESERVED_KEYS", "EnvService", "EnvVar", "validate_env"]
 
 KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_KEY_LENGTH = 255

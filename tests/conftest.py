@@ -17,7 +17,6 @@ from agent.testing import FakeClock
 from tests.support.agent import ADMIN_EMAIL, ADMIN_PASSWORD, LiveAgent, make_config
 from tests.support.services import Harness, kill_apps
 
-
 Client = TestClient  # the type of the ``client`` fixture
 
 

@@ -179,7 +179,7 @@ class LogCapture:
         data = {raw.stream: raw.offset for raw in self._raws}
         data["seq"] = self.seq
         tmp.write_text(json.dumps(data))
-        os.replace(tmp, self._state_path)
+        tmp.replace(self._state_path)
 
     def _repair_active(self) -> None:
         """Cut the active file back to its last complete line with seq <= the saved seq."""

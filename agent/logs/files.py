@@ -17,12 +17,13 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from agent.logs.format import MAX_LINE, LogLine, parse_line
 
 __all__ = ["LogFiles", "Position", "reverse_lines", "tail"]
 
+K = TypeVar("K", int, bytes)  # a key that grows along the log: seq or timestamp
 _BLOCK = 64 * 1024
 _HEADER_MAX = 96  # a stamped line's header is far shorter
 
@@ -65,13 +66,13 @@ class LogFiles:
         self.rotated(self.max_files).unlink(missing_ok=True)
         for index in range(self.max_files - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
-                os.replace(self.rotated(index), self.rotated(index + 1))
+                self.rotated(index).replace(self.rotated(index + 1))
         with contextlib.suppress(FileNotFoundError):
-            os.replace(self.active, self.rotated(1))
+            self.active.replace(self.rotated(1))
 
     # -- locating a position -------------------------------------------------------------
 
-    def locate(self, key: Callable[[LogLine], bytes | int], target: bytes | int) -> Position:
+    def locate(self, key: Callable[[LogLine], K], target: K) -> Position:
         """The position of the first line whose ``key`` is >= ``target`` (keys grow with
         the log: seq or timestamp). The end of the active file when there is none."""
         files = self.newest_first()
@@ -81,7 +82,7 @@ class LogFiles:
             if first is None:
                 continue
             chosen = path
-            if key(first) <= target:  # type: ignore[operator]
+            if key(first) <= target:
                 break
         if chosen is None:
             return self.end()
@@ -125,7 +126,7 @@ def _line_from(f: BinaryIO, offset: int) -> tuple[int, LogLine | None]:
     return start, (parse_line(raw) if raw.endswith(b"\n") else None)
 
 
-def _bisect(path: Path, key: Callable[[LogLine], bytes | int], target: bytes | int) -> int:
+def _bisect(path: Path, key: Callable[[LogLine], K], target: K) -> int:
     """Offset of the first line in ``path`` with key >= target (or the file's end).
 
     Bisection keeps ``lo`` at a line whose key is below target, then a short forward scan.
@@ -136,7 +137,7 @@ def _bisect(path: Path, key: Callable[[LogLine], bytes | int], target: bytes | i
         while hi - lo > _BLOCK:
             mid = (lo + hi) // 2
             start, line = _line_from(f, mid)
-            if line is None or key(line) >= target:  # type: ignore[operator]
+            if line is None or key(line) >= target:
                 hi = mid
             else:
                 lo = start
@@ -147,7 +148,7 @@ def _bisect(path: Path, key: Callable[[LogLine], bytes | int], target: bytes | i
             if not raw.endswith(b"\n"):
                 break
             line = parse_line(raw)
-            if line is not None and key(line) >= target:  # type: ignore[operator]
+            if line is not None and key(line) >= target:
                 return offset
             offset += len(raw)
         return offset
@@ -175,8 +176,7 @@ def reverse_lines(path: Path) -> Iterator[bytes]:
             if first_block:
                 tail_parts = tail_parts[:-1]  # after the last newline: a line being written
                 first_block = False
-            for part in reversed(tail_parts):
-                yield part
+            yield from reversed(tail_parts)
         if carry and not first_block:
             yield carry
 

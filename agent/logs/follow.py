@@ -96,7 +96,7 @@ class LogReader:
 
 def _is_active(fd: int, files: LogFiles) -> bool:
     try:
-        return os.fstat(fd).st_ino == os.stat(files.active).st_ino
+        return os.fstat(fd).st_ino == files.active.stat().st_ino
     except FileNotFoundError:
         return True  # no active file (yet): nothing to switch to
 

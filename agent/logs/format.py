@@ -43,7 +43,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def format_timestamp(epoch: float) -> bytes:
     """``2024-05-01T12:00:00.123456Z`` (fixed width, sortable as bytes)."""
     secs = int(epoch)
-    micros = int(round((epoch - secs) * 1_000_000))
+    micros = round((epoch - secs) * 1_000_000)
     if micros >= 1_000_000:
         secs, micros = secs + 1, micros - 1_000_000
     return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{micros:06d}Z").encode()

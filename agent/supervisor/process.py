@@ -49,7 +49,7 @@ from agent.supervisor.runtime import (
     TreeStats,
 )
 
-__all__ = ["ProcessRuntime", "WRAPPER"]
+__all__ = ["WRAPPER", "ProcessRuntime"]
 
 log = structlog.get_logger("agent.supervisor.process")
 
@@ -116,6 +116,10 @@ def _kill_exact(proc: procfs.ProcStat, sig: int) -> None:
         os.close(fd)
 
 
+def _any_member(sid: int, leader_start: int) -> bool:
+    return bool(procfs.session_members(sid, leader_start))
+
+
 def _kill_session(sid: int, leader_start: int, sig: int = signal.SIGKILL) -> int:
     """Signal every live process of the session; return how many there were. Blocking."""
     members = procfs.session_members(sid, leader_start)
@@ -156,8 +160,9 @@ class ProcessRuntime:
             (os.POSIX_SPAWN_OPEN, 3, str(spec.logs.stderr), append, 0o600),
         ]
         try:
-            pid = os.posix_spawn(_SHELL, argv, dict(spec.env), file_actions=actions, setsid=True,
-                                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=())
+            pid = await asyncio.to_thread(
+                os.posix_spawn, _SHELL, argv, dict(spec.env), file_actions=actions, setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=())
         except OSError as exc:
             raise RuntimeFailure(f"cannot start the process: {exc.strerror}") from None
         pidfd = os.pidfd_open(pid)
@@ -313,8 +318,9 @@ class ProcessRuntime:
             watch.sent_kill = True
             self._send(watch, signal.SIGKILL)
         # The leader is gone or dying; give the rest of the group what is left of the grace.
-        while loop.time() < deadline and await asyncio.to_thread(
-                procfs.session_members, watch.pid, watch.start_ticks):
+        # Polling /proc: the kernel offers no event for "the last process of a session ended".
+        while loop.time() < deadline and await asyncio.to_thread(  # noqa: ASYNC110
+                _any_member, watch.pid, watch.start_ticks):
             await asyncio.sleep(_SETTLE_POLL)
         await asyncio.to_thread(_kill_session, watch.pid, watch.start_ticks)
         try:

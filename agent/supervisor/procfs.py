@@ -90,11 +90,12 @@ def read_stat(pid: int) -> ProcStat | None:
 
 def iter_processes() -> Iterator[ProcStat]:
     """Every process visible now (those that vanish while scanning are skipped)."""
-    for name in os.listdir(_PROC):
-        if name.isdigit():
-            stat = read_stat(int(name))
-            if stat is not None:
-                yield stat
+    with os.scandir(_PROC) as entries:
+        pids = [int(entry.name) for entry in entries if entry.name.isdigit()]
+    for pid in pids:
+        stat = read_stat(pid)
+        if stat is not None:
+            yield stat
 
 
 def read_cmdline(pid: int) -> list[str]:

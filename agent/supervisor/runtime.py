@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
+    "STOP_SIGNALS",
     "Adopted",
     "ExitStatus",
     "Handle",
@@ -39,7 +40,6 @@ __all__ = [
     "RunSpec",
     "Runtime",
     "RuntimeFailure",
-    "STOP_SIGNALS",
     "TreeStats",
     "signal_name",
     "signal_number",

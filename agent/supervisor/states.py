@@ -24,12 +24,12 @@ import enum
 
 __all__ = [
     "ACTIVE_STATES",
-    "DesiredState",
-    "IllegalTransition",
     "RUNNING_STATES",
     "SETTLED_STATES",
-    "ServiceState",
     "TRANSITIONS",
+    "DesiredState",
+    "IllegalTransition",
+    "ServiceState",
     "check_transition",
 ]
 

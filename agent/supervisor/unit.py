@@ -119,11 +119,11 @@ class ServiceUnit:
             next_restart_at=r.next_restart_at if r.state is S.BACKOFF else None,
             created_at=r.created_at, updated_at=r.updated_at)
 
-    async def wait_settled(self, timeout: float) -> None:
-        """Wait (at most ``timeout``) until the service is in a settled state and no command
+    async def wait_settled(self, limit: float) -> None:
+        """Wait (at most ``limit`` seconds) until the service is in a settled state and no command
         is in progress."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + limit
         while not (self.r.state in SETTLED_STATES and not self._lock.locked()):
             event = self._changed
             remaining = deadline - loop.time()
@@ -252,9 +252,8 @@ class ServiceUnit:
         r = self.r
         attempt = 0 if fresh else r.attempt
         restart_count = 0 if fresh else r.restart_count
-        if r.needs_build and r.build_cmd:
-            if not await self._build(begun):
-                return
+        if r.needs_build and r.build_cmd and not await self._build(begun):
+            return
         port = r.port if r.fixed_port and r.port else _free_port()
         spec = dataclasses.replace(self._spec(), env=self._env(port))
         await self._ctx.logs.reset_raw(r.id)
@@ -462,10 +461,8 @@ class ServiceUnit:
                         return
                 elif state is S.UNHEALTHY and result.ok:
                     await self._commit(S.RUNNING, event="service.recovered", data=self._run_data())
-            if self.r.state in RUNNING_STATES:
-                pause = check.interval
-            else:
-                pause = min(pause * 2, 1.0, check.interval)
+            running = self.r.state in RUNNING_STATES
+            pause = check.interval if running else min(pause * 2, 1.0, check.interval)
             await asyncio.sleep(pause)
 
     def _run_data(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ health checks. Each test writes its small app and runs it through the API."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
@@ -97,7 +98,7 @@ async def test_a_crash_loop_backs_off_with_growing_delays_then_crashes(svc: Harn
 
     starts = [float(t) for t in (svc.apps_root / "crashy" / "starts.log").read_text().split()]
     assert len(starts) == 5
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(gap >= delay for gap, delay in zip(gaps, [0.2, 0.4, 0.8, 1.6], strict=True))
 
 

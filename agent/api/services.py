@@ -149,7 +149,8 @@ def _wait(request: web.Request, query: ActionQuery) -> float | None:
 
 
 async def _answer(request: web.Request, key: str) -> ServiceStatusBody:
-    return ServiceStatusBody.of_status(await request.app[SUPERVISOR_KEY].status(key))
+    """The status after a command: resource figures only when a current sample exists."""
+    return ServiceStatusBody.of_status(await request.app[SUPERVISOR_KEY].status(key, sample=False))
 
 
 @routes.post("/v1/services/{id}/start", summary="Start a service", access="developer",

@@ -322,7 +322,11 @@ class LogCapture:
     # -- between runs ------------------------------------------------------------------------
 
     def reset_raw(self) -> None:
-        """Before a new run, with no writer left: take everything, then empty the raw files."""
+        """When a run has ended (no writer left): take everything, including a last line
+        without a newline, then empty the raw files. Cheap when they are already empty."""
+        if all(raw.fd < 0 or (raw.offset == 0 and os.fstat(raw.fd).st_size == 0)
+               for raw in self._raws):
+            return
         self.pump(final=True)
         for raw in self._raws:
             if raw.fd >= 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from agent.logs.format import MAX_LINE, LogLine, parse_line
 __all__ = ["LogFiles", "Position", "reverse_lines", "tail"]
 
 K = TypeVar("K", int, bytes)  # a key that grows along the log: seq or timestamp
+T = TypeVar("T")
 _BLOCK = 64 * 1024
+_RETRIES = 1000
 _HEADER_MAX = 96  # a stamped line's header is far shorter
 
 
@@ -38,7 +41,13 @@ class Position:
 
 
 class LogFiles:
-    """The active and rotated stamped log files of one service."""
+    """The active and rotated stamped log files of one service.
+
+    One writer (the capture's thread) rotates; readers in other threads locate and tail.
+    ``generation`` is a sequence lock: odd while a rotation renames files, bumped at its
+    start and end; a reader that saw it change retries, so a file renamed under it is never
+    mistaken for another and no file is skipped.
+    """
 
     def __init__(self, directory: Path, *, max_bytes: int, max_files: int,
                  name: str = "app.log") -> None:
@@ -47,6 +56,7 @@ class LogFiles:
         self.max_files = max_files
         self.active = directory / name
         self._name = name
+        self.generation = 0
 
     def rotated(self, index: int) -> Path:
         return self.directory / f"{self._name}.{index}"
@@ -63,30 +73,61 @@ class LogFiles:
 
     def rotate(self) -> None:
         """Shift ``.N`` to ``.N+1`` (dropping the last) and the active file to ``.1``."""
-        self.rotated(self.max_files).unlink(missing_ok=True)
-        for index in range(self.max_files - 1, 0, -1):
-            with contextlib.suppress(FileNotFoundError):
+        self.generation += 1
+        try:
+            last = 0
+            while last < self.max_files and self.rotated(last + 1).exists():
+                last += 1
+            if last == self.max_files:
+                self.rotated(last).unlink()
+                last -= 1
+            for index in range(last, 0, -1):
                 self.rotated(index).replace(self.rotated(index + 1))
-        with contextlib.suppress(FileNotFoundError):
-            self.active.replace(self.rotated(1))
+            with contextlib.suppress(FileNotFoundError):
+                self.active.replace(self.rotated(1))
+        finally:
+            self.generation += 1
+
+    def consistent(self, read: Callable[[], T]) -> T:
+        """Run ``read`` (blocking) until no rotation happened during it."""
+        for _ in range(_RETRIES):
+            generation = self.generation
+            if generation % 2 == 0:
+                try:
+                    result = read()
+                except FileNotFoundError:
+                    result = None
+                if self.generation == generation and result is not None:
+                    return result
+            time.sleep(0.001)
+        raise OSError("the log kept rotating while it was being read")
 
     # -- locating a position -------------------------------------------------------------
 
     def locate(self, key: Callable[[LogLine], K], target: K) -> Position:
         """The position of the first line whose ``key`` is >= ``target`` (keys grow with
         the log: seq or timestamp). The end of the active file when there is none."""
-        files = self.newest_first()
+        return self.consistent(lambda: self._locate(key, target))
+
+    def _locate(self, key: Callable[[LogLine], K], target: K) -> Position:
         chosen: Path | None = None
-        for path in files:  # newest first: the first file that starts at or before target
+        newer: Path | None = None
+        for path in self.newest_first():  # the newest file that starts at or before target
             first = _first_line(path)
             if first is None:
+                newer = path  # an empty (just rotated) active file
                 continue
-            chosen = path
             if key(first) <= target:
+                chosen = path
                 break
+            chosen, newer = path, path
         if chosen is None:
             return self.end()
         offset = _bisect(chosen, key, target)
+        size = chosen.stat().st_size
+        if offset >= size and newer is not None and newer != chosen:
+            # Past the end of a rotated file: the next line goes to the newer one.
+            return Position(newer, newer.stat().st_ino, 0)
         return Position(chosen, chosen.stat().st_ino, offset)
 
     def locate_seq(self, seq: int) -> Position:
@@ -187,6 +228,11 @@ def tail(files: LogFiles, count: int, *, stream: str | None = None,
 
     Reads backwards from the end of the active file into older files as needed.
     """
+    return files.consistent(lambda: _tail(files, count, stream, since))
+
+
+def _tail(files: LogFiles, count: int, stream: str | None,
+          since: bytes | None) -> list[LogLine]:
     found: list[LogLine] = []
     if count <= 0:
         return found

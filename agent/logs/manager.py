@@ -189,7 +189,8 @@ class LogManager:
             self._notify(entry)
 
     async def reset_raw(self, service_id: str) -> None:
-        """Before a new run (no writer left): take the rest, then empty the raw files."""
+        """A run ended, or one is about to start (no writer left): take the last lines, then
+        empty the raw files."""
         entry = self._entry(service_id)
         await self._run(entry.capture.reset_raw)
         self._notify(entry)

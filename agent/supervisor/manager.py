@@ -16,6 +16,7 @@ app running.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 @dataclass
 class _Sample:
+    key: str            # the handle sampled (a new run starts a new series)
     at: float
     stats: TreeStats
     cpu_percent: float | None
@@ -72,6 +74,7 @@ class Supervisor:
         self._units: dict[str, ServiceUnit] = {}
         self._names: dict[str, str] = {}
         self._samples: dict[str, _Sample] = {}
+        self._sampling: asyncio.Task[dict[str, TreeStats]] | None = None
         self._ctx: dict[str, UnitContext] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -148,6 +151,8 @@ class Supervisor:
 
     async def close(self) -> None:
         """Stop watching every service; every app keeps running."""
+        if self._sampling is not None:
+            self._sampling.cancel()
         for unit in self._units.values():
             unit.detach()
         self._units.clear()
@@ -191,62 +196,69 @@ class Supervisor:
         """One service by id or name; NotFound otherwise."""
         return self._unit(key).info()
 
-    async def status(self, key: str) -> ServiceStatus:
-        """The service with uptime, CPU and memory of its tree, health and last exit."""
+    async def status(self, key: str, *, sample: bool = True) -> ServiceStatus:
+        """The service with uptime, CPU and memory of its tree, health and last exit.
+
+        ``sample=False`` uses only an existing, current sample (no /proc pass): for answers
+        to commands, which should not take CPU from an app that is starting.
+        """
         unit = self._unit(key)
         info = unit.info()
-        sample = await self._sample_one(unit)
+        found = await self._sample_one(unit, refresh=sample)
         uptime = (self._clock.time() - info.started_at) if info.started_at is not None else None
         return ServiceStatus(
             info=info, uptime=uptime,
-            cpu_percent=sample.cpu_percent if sample else None,
-            cpu_seconds=sample.stats.cpu_seconds if sample else None,
-            memory_bytes=sample.stats.memory_bytes if sample else None,
-            processes=sample.stats.processes if sample else None,
+            cpu_percent=found.cpu_percent if found else None,
+            cpu_seconds=found.stats.cpu_seconds if found else None,
+            memory_bytes=found.stats.memory_bytes if found else None,
+            processes=found.stats.processes if found else None,
             health=unit.health, last_exit=unit.r.last_exit)
 
-    async def _sample_one(self, unit: ServiceUnit) -> _Sample | None:
+    async def _sample_one(self, unit: ServiceUnit, *, refresh: bool = True) -> _Sample | None:
+        """The unit's latest sample, refreshing every service's at most every stats_max_age
+        seconds (one /proc pass serves them all, however many status calls come)."""
         handle = unit.r.handle
         if handle is None or unit.r.state not in ACTIVE_STATES:
             return None
-        previous = self._samples.get(unit.r.id)
+        key = handle.to_json()
+        sample = self._samples.get(unit.r.id)
         now = self._clock.monotonic()
-        if previous is not None and now - previous.at < self._config.stats_max_age:
-            return previous
-        stats = (await unit.runtime.stats([handle])).get(handle.to_json())
-        if stats is None:
-            return None
-        return self._record_sample(unit, stats, now, previous)
+        stale = sample is None or sample.key != key or now - sample.at >= self._config.stats_max_age
+        if stale and refresh:
+            if self._sampling is None or self._sampling.done():
+                self._sampling = asyncio.get_running_loop().create_task(self.sample())
+            await asyncio.shield(self._sampling)
+            sample = self._samples.get(unit.r.id)
+        return sample if sample is not None and sample.key == key else None
 
-    def _record_sample(self, unit: ServiceUnit, stats: TreeStats, now: float,
-                       previous: _Sample | None) -> _Sample:
+    def _record_sample(self, unit: ServiceUnit, key: str, stats: TreeStats, now: float) -> None:
+        previous = self._samples.get(unit.r.id)
         percent: float | None = None
-        if previous is not None and now - previous.at >= 0.1 \
+        if previous is not None and previous.key == key and now - previous.at >= 0.1 \
                 and stats.cpu_seconds >= previous.stats.cpu_seconds:
             percent = (stats.cpu_seconds - previous.stats.cpu_seconds) / (now - previous.at) * 100
         elif unit.r.started_at is not None:
             lifetime = self._clock.time() - unit.r.started_at
             percent = stats.cpu_seconds / lifetime * 100 if lifetime > 0 else None
-        sample = _Sample(now, stats, round(percent, 2) if percent is not None else None)
-        self._samples[unit.r.id] = sample
-        return sample
+        self._samples[unit.r.id] = _Sample(key, now, stats,
+                                           round(percent, 2) if percent is not None else None)
 
     async def sample(self) -> dict[str, TreeStats]:
-        """Resource use of every service with a run, in one pass per runtime."""
+        """Resource use of every service with a run, in one pass per runtime (for metrics)."""
         result: dict[str, TreeStats] = {}
         now = self._clock.monotonic()
         for kind, runtime in self._runtimes.items():
-            units = [u for u in self._units.values()
-                     if u.r.runtime == kind and u.r.handle is not None]
-            if not units:
+            handles = {u.r.id: u.r.handle for u in self._units.values()
+                       if u.r.runtime == kind and u.r.handle is not None}
+            if not handles:
                 continue
-            stats = await runtime.stats([u.r.handle for u in units if u.r.handle])
-            for unit in units:
-                assert unit.r.handle is not None
-                found = stats.get(unit.r.handle.to_json())
-                if found is not None:
-                    result[unit.r.id] = found
-                    self._record_sample(unit, found, now, self._samples.get(unit.r.id))
+            stats = await runtime.stats(list(handles.values()))
+            for service_id, handle in handles.items():
+                unit = self._units.get(service_id)
+                found = stats.get(handle.to_json())
+                if unit is not None and found is not None:
+                    result[service_id] = found
+                    self._record_sample(unit, handle.to_json(), found, now)
         return result
 
     # -- commands ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 How a run is launched::
 
     /bin/sh -c WRAPPER dployr-app <cwd> <status file> <command>     (session leader, setsid)
-      `- /bin/sh -c <command>                                        (the app; may exec)
+      `- ( eval <command> )         a subshell, as `sh -c <command>` would run it (may exec)
 
 The wrapper is a few lines of ``sh`` (about 1 MB of memory). It traps the stop signals only to
 outlive them: POSIX shells run a trap after the foreground child has ended, so the wrapper
@@ -56,7 +56,7 @@ log = structlog.get_logger("agent.supervisor.process")
 #: The session leader of every run. $1 = cwd, $2 = status file, $3 = the command.
 WRAPPER = """trap : HUP INT QUIT TERM USR1 USR2
 cd -- "$1" || exit 126
-( [ ! -e "$2.stop" ] || exit 143; exec /bin/sh -c "$3" ) 2>&3 3>&-
+( [ ! -e "$2.stop" ] || exit 143; c=$3; set --; eval "unset c; $c" ) 2>&3 3>&-
 st=$?
 printf '%s\\n' "$st" > "$2"
 exit "$st"

@@ -306,7 +306,7 @@ class ServiceUnit:
             status, reason = ExitStatus(), "build_failed"
             await self._note(f"build could not start: {exc}")
         self._ctx.logs.set_live(r.id, False)
-        await self._ctx.logs.drain(r.id, final=True)
+        await self._ctx.logs.reset_raw(r.id)
         if status.success:
             await self._commit(needs_build=False)
             await self._note("build succeeded")
@@ -369,7 +369,7 @@ class ServiceUnit:
             log.error("service_stop_failed", service_id=r.id, error=str(exc))
             status = ExitStatus()
         self._ctx.logs.set_live(r.id, False)
-        await self._ctx.logs.drain(r.id, final=True)
+        await self._ctx.logs.reset_raw(r.id)
         return status
 
     async def _exit_record(self, status: ExitStatus, reason: str) -> ExitRecord:
@@ -383,7 +383,7 @@ class ServiceUnit:
         self._cancel_run_tasks()
         if reason == "exited":
             self._ctx.logs.set_live(r.id, False)
-            await self._ctx.logs.drain(r.id, final=True)
+            await self._ctx.logs.reset_raw(r.id)
         exit = await self._exit_record(status, reason)
         uptime = exit.exited_at - (r.started_at or exit.exited_at)
         decision = r.policy.decide(status, attempt=r.attempt, uptime=uptime, rng=self._ctx.rng)
@@ -537,7 +537,7 @@ class ServiceUnit:
             if adopted.alive:
                 self._adopted()
                 return
-            await self._ctx.logs.drain(r.id, final=True)
+            await self._ctx.logs.reset_raw(r.id)
             if not rebooted and r.state in (S.STARTING, S.RUNNING, S.UNHEALTHY):
                 # It ended while the agent was away: that is an exit like any other.
                 await self._note(f"ended while the agent was away: {adopted.status.describe()}")

@@ -144,7 +144,12 @@ async def test_10000_lines_a_second_across_50_rotations_lose_nothing(svc: Harnes
     sid = dep["service_id"]
     resp = await svc.client.get(f"/v1/services/{sid}/logs?follow=true&stream=stdout"
                                 "&format=ndjson", headers={**svc.headers, "Last-Event-ID": "0"})
-    followed = [int(json.loads(x)["line"]) for x in await _lines_of(resp, total, timeout=60)]
+    followed = [int(json.loads(x)["line"]) for x in await _lines_of(resp, total // 2, timeout=60)]
+    # Midway, the app's raw output file has grown, but what was consumed takes no disk.
+    raw = os.stat(svc.state_dir / "apps/firehose/run/stdout.raw")
+    assert raw.st_blocks * 512 <= 16 * 1024 < raw.st_size
+    followed += [int(json.loads(x)["line"]) for x in await _lines_of(resp, total - total // 2,
+                                                                      timeout=60)]
     resp.close()
     assert followed == list(range(total))
     await svc.wait_state(sid, "stopped")
@@ -159,8 +164,6 @@ async def test_10000_lines_a_second_across_50_rotations_lose_nothing(svc: Harnes
             if stream == b"stdout":
                 stored.append(int(text))
     assert stored == list(range(total))
-    raw = os.stat(svc.state_dir / "apps/firehose/run/stdout.raw")
-    assert raw.st_blocks * 512 <= 64 * 1024 < raw.st_size
 
 
 async def test_tail_on_a_huge_file_reads_only_its_end(svc: Harness) -> None:

@@ -86,26 +86,49 @@ class _Raw:
             self.fd = -1
 
 
-@dataclass(frozen=True, slots=True)
-class _Piece:
-    text: bytes
+@dataclass(slots=True)
+class _Batch:
+    """Complete lines read from one raw file in one step."""
+
     raw: _Raw
-    end: int  # the raw file's offset just after this piece
+    lines: list[bytes]
+    sizes: list[int] | None  # raw bytes each line consumed; None: len(line) + 1 for every line
+    end: int                 # raw offset after the last line
+
+    def offset_after(self, count: int) -> int:
+        """The raw offset just after the first ``count`` lines."""
+        if count == len(self.lines):
+            return self.end
+        if self.sizes is None:
+            return self.raw.offset + sum(map(len, self.lines[:count])) + count
+        return self.raw.offset + sum(self.sizes[:count])
 
 
-def _chunks(raw: _Raw, piece: bytes, offset: int, out: list[_Piece], *, newline: bool) -> int:
-    """Append ``piece`` (which starts at raw ``offset``) in chunks of at most MAX_LINE;
-    return the offset after it (and after its newline, when it had one)."""
-    if not piece:
-        out.append(_Piece(b"", raw, offset + 1 if newline else offset))
-        return offset + 1 if newline else offset
-    for start in range(0, len(piece), MAX_LINE):
-        chunk = piece[start:start + MAX_LINE]
-        offset += len(chunk)
-        if newline and start + MAX_LINE >= len(piece):
-            offset += 1
-        out.append(_Piece(chunk, raw, offset))
-    return offset
+def _split(raw: _Raw, data: bytes, *, final: bool) -> _Batch:
+    """The complete lines of ``data`` (read at ``raw.offset``). Lines longer than MAX_LINE are
+    cut; so is a partial line that has reached MAX_LINE; ``final`` also takes the partial line
+    at the end (the run is over, no newline will come)."""
+    end = data.rfind(b"\n") + 1
+    lines = data[:end - 1].split(b"\n") if end else []
+    rest = data[end:]
+    if rest and not final:
+        rest = rest[:len(rest) - len(rest) % MAX_LINE]
+    if not rest and (not lines or max(map(len, lines)) <= MAX_LINE):
+        return _Batch(raw, lines, None, raw.offset + end)  # the fast, common case
+    texts: list[bytes] = []
+    sizes: list[int] = []
+    for index, piece in enumerate([*lines, rest] if rest else lines):
+        newline = index < len(lines)
+        if not piece:
+            texts.append(b"")
+            sizes.append(1)
+            continue
+        for start in range(0, len(piece), MAX_LINE):
+            chunk = piece[start:start + MAX_LINE]
+            texts.append(chunk)
+            last = start + MAX_LINE >= len(piece)
+            sizes.append(len(chunk) + (1 if newline and last else 0))
+    return _Batch(raw, texts, sizes, raw.offset + sum(sizes))
 
 
 def _after_last_newline(path: Path, size: int) -> int:
@@ -121,6 +144,19 @@ def _after_last_newline(path: Path, size: int) -> int:
                 return start + index + 1
             pos = start
     return 0
+
+
+def _fitting(encoded: list[bytes], start: int, room: int, *, empty: bool) -> int:
+    """How many lines from ``start`` fit in ``room`` bytes (at least one into an empty file)."""
+    if sum(map(len, encoded[start:])) <= room:
+        return len(encoded) - start
+    total = 0
+    for index in range(start, len(encoded)):
+        total += len(encoded[index])
+        if total > room:
+            count = index - start
+            return max(count, 1) if empty else count
+    return len(encoded) - start
 
 
 class LogCapture:
@@ -227,12 +263,12 @@ class LogCapture:
     def pump(self, *, final: bool = False) -> int:
         """Move every complete line from the raw files to the log; return how many.
 
-        ``final`` (the app has ended, nothing writes any more) also takes a last line that
+        ``final`` (the run has ended, nothing writes any more) also takes a last line that
         has no newline.
         """
         total = 0
         while True:
-            lines: list[_Piece] = []
+            batches: list[_Batch] = []
             more = False
             for raw in self._raws:
                 if raw.fd < 0:
@@ -240,59 +276,47 @@ class LogCapture:
                 data = os.pread(raw.fd, _READ_LIMIT, raw.offset)
                 if len(data) == _READ_LIMIT:
                     more = True
-                lines.extend(self._split(raw, data, final=final and len(data) < _READ_LIMIT))
-            if lines:
-                self._write(lines)
-                total += len(lines)
+                batch = _split(raw, data, final=final and len(data) < _READ_LIMIT)
+                if batch.lines:
+                    batches.append(batch)
+            if batches:
+                stamp = format_timestamp(self._now())
+                for batch in batches:
+                    self._write(batch, stamp)
+                    total += len(batch.lines)
+                self._save_state()
             self._free()
             if not more:
                 return total
 
-    @staticmethod
-    def _split(raw: _Raw, data: bytes, *, final: bool) -> list[_Piece]:
-        """The complete lines of ``data`` (read at ``raw.offset``), each with the raw offset
-        just after it. Lines longer than MAX_LINE are split; so is a partial line that has
-        reached MAX_LINE; ``final`` also takes the partial line at the end."""
-        out: list[_Piece] = []
-        offset = raw.offset
-        end = data.rfind(b"\n") + 1
-        if end:
-            for piece in data[:end - 1].split(b"\n"):
-                offset = _chunks(raw, piece, offset, out, newline=True)
-        rest = data[end:]
-        if rest and not final:
-            rest = rest[:len(rest) - len(rest) % MAX_LINE]
-        if rest:
-            _chunks(raw, rest, offset, out, newline=False)
-        return out
-
-    def _write(self, lines: list[_Piece]) -> None:
-        stamp = format_timestamp(self._now())
-        encoded = [encode_line(self.seq + index + 1, stamp, piece.raw.stream, piece.text)
-                   for index, piece in enumerate(lines)]
-        start = size = 0
-        for index, line in enumerate(encoded):
-            if self._out_size + size + len(line) > self.files.max_bytes and self._out_size + size:
-                self._flush(encoded[start:index], lines[start:index])
+    def _write(self, batch: _Batch, stamp: bytes) -> None:
+        """Append the batch's lines, rotating (state saved first) when the file is full."""
+        prefix = b" %s %s " % (stamp, batch.raw.stream.encode())
+        first = self.seq + 1
+        encoded = [b"%d%s%s\n" % (first + i, prefix, text) for i, text in enumerate(batch.lines)]
+        done = 0
+        while done < len(encoded):
+            room = self.files.max_bytes - self._out_size
+            count = _fitting(encoded, done, room, empty=self._out_size == 0)
+            if count == 0:
                 self._rotate()
-                start, size = index, 0
-            size += len(line)
-        self._flush(encoded[start:], lines[start:])
+                continue
+            self._append(encoded[done:done + count])
+            done += count
+            self.seq = first + done - 1
+            batch.raw.offset = batch.offset_after(done)
+            if done < len(encoded):
+                self._save_state()
+                self._rotate()
+        if batch.raw.stream == "stderr":
+            self.stderr_tail.extend(t.decode(errors="replace") for t in batch.lines[-STDERR_TAIL:])
 
-    def _flush(self, encoded: list[bytes], lines: list[_Piece]) -> None:
-        """Append lines, then record how far the raw files and the seq got."""
-        if encoded:
-            buf = memoryview(b"".join(encoded))
-            while buf:
-                written = os.write(self._out_fd, buf)
-                buf = buf[written:]
-            self._out_size += sum(len(line) for line in encoded)
-        for piece in lines:
-            piece.raw.offset = piece.end
-            if piece.raw.stream == "stderr":
-                self.stderr_tail.append(piece.text.decode(errors="replace"))
-        self.seq += len(lines)
-        self._save_state()
+    def _append(self, encoded: list[bytes]) -> None:
+        buf = memoryview(b"".join(encoded))
+        self._out_size += len(buf)
+        while buf:
+            written = os.write(self._out_fd, buf)
+            buf = buf[written:]
 
     def _rotate(self) -> None:
         os.close(self._out_fd)

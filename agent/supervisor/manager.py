@@ -16,7 +16,6 @@ app running.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 from collections.abc import Mapping
@@ -74,7 +73,6 @@ class Supervisor:
         self._units: dict[str, ServiceUnit] = {}
         self._names: dict[str, str] = {}
         self._samples: dict[str, _Sample] = {}
-        self._sampling: asyncio.Task[dict[str, TreeStats]] | None = None
         self._ctx: dict[str, UnitContext] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -151,8 +149,6 @@ class Supervisor:
 
     async def close(self) -> None:
         """Stop watching every service; every app keeps running."""
-        if self._sampling is not None:
-            self._sampling.cancel()
         for unit in self._units.values():
             unit.detach()
         self._units.clear()
@@ -215,8 +211,7 @@ class Supervisor:
             health=unit.health, last_exit=unit.r.last_exit)
 
     async def _sample_one(self, unit: ServiceUnit, *, refresh: bool = True) -> _Sample | None:
-        """The unit's latest sample, refreshing every service's at most every stats_max_age
-        seconds (one /proc pass serves them all, however many status calls come)."""
+        """The unit's sample, taken anew when older than stats_max_age (``refresh``)."""
         handle = unit.r.handle
         if handle is None or unit.r.state not in ACTIVE_STATES:
             return None
@@ -225,9 +220,9 @@ class Supervisor:
         now = self._clock.monotonic()
         stale = sample is None or sample.key != key or now - sample.at >= self._config.stats_max_age
         if stale and refresh:
-            if self._sampling is None or self._sampling.done():
-                self._sampling = asyncio.get_running_loop().create_task(self.sample())
-            await asyncio.shield(self._sampling)
+            stats = (await unit.runtime.stats([handle])).get(key)
+            if stats is not None:
+                self._record_sample(unit, key, stats, now)
             sample = self._samples.get(unit.r.id)
         return sample if sample is not None and sample.key == key else None
 

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ _SHELL = "/bin/sh"
 _MARKERS = ("dployr-app", "dployr-build")
 _KILL_WAIT = 10.0      # seconds to wait for the kernel after SIGKILL
 _SETTLE_POLL = 0.05    # seconds between checks for session members during a stop
+MEMBERS_TTL = 5.0      # seconds a session's member list is reused for stats
 
 
 @dataclass(eq=False)
@@ -120,6 +122,14 @@ def _any_member(sid: int, leader_start: int) -> bool:
     return bool(procfs.session_members(sid, leader_start))
 
 
+def _scan_sessions(leaders: list[tuple[int, int]]) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """(pid, start_ticks) of the members of each leader's session. One pass over /proc."""
+    procs = list(procfs.iter_processes())
+    return {(sid, start): [(p.pid, p.start_ticks)
+                           for p in procfs.session_members(sid, start, processes=procs)]
+            for sid, start in leaders}
+
+
 def _kill_session(sid: int, leader_start: int, sig: int = signal.SIGKILL) -> int:
     """Signal every live process of the session; return how many there were. Blocking."""
     members = procfs.session_members(sid, leader_start)
@@ -135,6 +145,7 @@ class ProcessRuntime:
 
     def __init__(self) -> None:
         self._watches: dict[int, _Watch] = {}
+        self._members: dict[tuple[int, int], tuple[float, list[tuple[int, int]]]] = {}
 
     # -- launching and adopting ---------------------------------------------------------------
 
@@ -331,24 +342,32 @@ class ProcessRuntime:
     # -- resources ---------------------------------------------------------------------------
 
     async def stats(self, handles: Sequence[Handle]) -> Mapping[str, TreeStats]:
-        """CPU seconds, resident memory and process count of each handle's session."""
-        wanted = [(h, int(h.data["pid"]), int(h.data["start_ticks"])) for h in handles]
-        if not wanted:
-            return {}
+        """CPU seconds, resident memory and process count of each handle's session.
 
-        def collect() -> dict[str, TreeStats]:
-            procs = list(procfs.iter_processes())
-            result: dict[str, TreeStats] = {}
-            for handle, pid, start in wanted:
-                members = procfs.session_members(pid, start, processes=procs)
-                if members:
-                    result[handle.to_json()] = TreeStats(
-                        cpu_seconds=sum(p.cpu_seconds for p in members),
-                        memory_bytes=sum(p.rss_bytes for p in members),
-                        processes=len(members))
-            return result
-
-        return await asyncio.to_thread(collect)
+        Finding a session's members takes a pass over /proc (in a thread); members are then
+        remembered for MEMBERS_TTL seconds, so that a status call in between only reads the
+        few /proc files of that app's own processes.
+        """
+        wanted = [(h.to_json(), int(h.data["pid"]), int(h.data["start_ticks"])) for h in handles]
+        now = time.monotonic()
+        stale = [w for w in wanted
+                 if now - self._members.get((w[1], w[2]), (-MEMBERS_TTL, []))[0] >= MEMBERS_TTL]
+        if stale:
+            found = await asyncio.to_thread(_scan_sessions, [(pid, start) for _, pid, start in stale])
+            for leader, members in found.items():
+                self._members[leader] = (now, members)
+        result: dict[str, TreeStats] = {}
+        for key, pid, start in wanted:
+            procs = [stat for mpid, mstart in self._members.get((pid, start), (0.0, []))[1]
+                     if (stat := procfs.read_stat(mpid)) is not None
+                     and stat.start_ticks == mstart and not stat.zombie]
+            if procs:
+                result[key] = TreeStats(cpu_seconds=sum(p.cpu_seconds for p in procs),
+                                        memory_bytes=sum(p.rss_bytes for p in procs),
+                                        processes=len(procs))
+            else:
+                self._members.pop((pid, start), None)
+        return result
 
     def release(self, handle: Handle) -> None:
         """Stop watching (agent shutdown). The app keeps running; a later agent adopts it."""

@@ -353,7 +353,10 @@ class ProcessRuntime:
         stale = [w for w in wanted
                  if now - self._members.get((w[1], w[2]), (-MEMBERS_TTL, []))[0] >= MEMBERS_TTL]
         if stale:
-            found = await asyncio.to_thread(_scan_sessions, [(pid, start) for _, pid, start in stale])
+            # One pass serves every watched run, so passes happen once per TTL at most.
+            leaders = {(pid, start) for _, pid, start in stale}
+            leaders.update((w.pid, w.start_ticks) for w in self._watches.values())
+            found = await asyncio.to_thread(_scan_sessions, sorted(leaders))
             for leader, members in found.items():
                 self._members[leader] = (now, members)
         result: dict[str, TreeStats] = {}

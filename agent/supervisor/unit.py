@@ -99,6 +99,7 @@ class ServiceUnit:
         self._run_tasks: list[asyncio.Task[Any]] = []
         self._timer: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._halt = asyncio.Event()  # a stop or delete is waiting: cut a build short
         self.health = HealthState(status="unknown" if record.health_check else "none")
         self.removed = False
 
@@ -143,7 +144,9 @@ class ServiceUnit:
         await self._command(self._start)
 
     async def stop(self) -> None:
-        """Stop the service and keep it stopped (idempotent)."""
+        """Stop the service and keep it stopped (idempotent). A build in progress is cut
+        short rather than waited for."""
+        self._halt.set()
         await self._command(self._stop)
 
     async def restart(self) -> None:
@@ -158,6 +161,8 @@ class ServiceUnit:
                 async with self._lock:
                     if self.removed:
                         return
+                    if fn != self._stop:
+                        self._halt.clear()
                     await fn(begun)
             finally:
                 if not begun.done():
@@ -212,6 +217,7 @@ class ServiceUnit:
 
     async def remove(self) -> None:
         """Stop any run for good and forget the unit (the service is being deleted)."""
+        self._halt.set()
         async with self._lock:
             self._cancel_timer()
             if self.r.state in ACTIVE_STATES and self.r.handle is not None:
@@ -296,12 +302,16 @@ class ServiceUnit:
         reason = "build_failed"
         try:
             handle = await self._ctx.runtime.start(spec)
-            try:
-                status = await asyncio.wait_for(self._ctx.runtime.wait(handle),
-                                                self._ctx.config.build_timeout)
-            except TimeoutError:
-                status = await self._ctx.runtime.stop(handle, r.stop_signal, r.stop_timeout)
-                reason = "build_timeout"
+            ended = asyncio.ensure_future(self._ctx.runtime.wait(handle))
+            halted = asyncio.ensure_future(self._halt.wait())
+            await asyncio.wait({ended, halted}, timeout=self._ctx.config.build_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            halted.cancel()
+            if not ended.done():
+                # A stop or delete was asked for, or the build ran out of time.
+                reason = "build_stopped" if self._halt.is_set() else "build_timeout"
+                await self._ctx.runtime.stop(handle, r.stop_signal, r.stop_timeout)
+            status = await ended
         except RuntimeFailure as exc:
             status, reason = ExitStatus(), "build_failed"
             await self._note(f"build could not start: {exc}")
@@ -313,7 +323,8 @@ class ServiceUnit:
             return True
         exit = ExitRecord(exited_at=self._ctx.clock.time(), status=status, reason=reason,
                           started_at=started, stderr_tail=tuple(self._ctx.logs.stderr_tail(r.id)))
-        detail = f"build {status.describe()}" if reason == "build_failed" else "build timed out"
+        detail = {"build_failed": f"build {status.describe()}", "build_timeout": "build timed out",
+                  "build_stopped": "build stopped"}[reason]
         await self._commit(S.FAILED, event="service.crashed",
                            data={**exit.event_data(), "restarting": False}, exit=exit,
                            deployment=self._deployment_failed(detail))

@@ -218,3 +218,20 @@ async def test_a_stop_right_after_a_start_is_never_lost(svc: Harness) -> None:
         assert stopped["state"] == "stopped"
         assert stopped["last_exit"]["signal"] == "SIGTERM", stopped["last_exit"]
     assert wrappers_of(svc.state_dir) == []
+
+
+async def test_a_stop_during_a_long_build_cuts_the_build_short(svc: Harness) -> None:
+    """stop?wait=true does not wait for the build to finish: the build is stopped."""
+    dep = await svc.deploy("slowbuild", "exec sleep 1000", build_cmd="echo building; sleep 60")
+    sid = dep["service_id"]
+    await eventually(lambda: _logs_have(svc, sid, "stdout building"), message="the build")
+    stopped = await svc.action(sid, "stop", wait=True)
+    assert stopped["state"] == "stopped" and stopped["last_exit"]["reason"] == "build_stopped"
+    deployment = await svc.request("GET", f"/v1/deployments/{dep['id']}")
+    assert deployment["status"] == "failed"
+    assert deployment["status_detail"] == {"reason": "build stopped"}
+    assert wrappers_of(svc.state_dir) == []
+
+
+async def _logs_have(svc: Harness, sid: str, text: str) -> bool:
+    return text in await svc.logs(sid)

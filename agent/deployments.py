@@ -111,7 +111,7 @@ def resolve_local_path(raw: str, roots: tuple[Path, ...]) -> Path:
         raise InvalidRequest("Invalid path", field="path", issue="Must be an absolute path")
     try:
         resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         raise InvalidRequest("Invalid path", field="path", issue="No such directory") from None
     if not resolved.is_dir():
         raise InvalidRequest("Invalid path", field="path", issue="Not a directory")

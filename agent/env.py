@@ -56,7 +56,12 @@ def _check_value(value: str, field: str, max_bytes: int) -> None:
     if "\0" in value:
         raise InvalidRequest("Invalid environment variable value", field=field,
                              issue="Must not contain a NUL character")
-    if len(value.encode("utf-8", errors="surrogatepass")) > max_bytes:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidRequest("Invalid environment variable value", field=field,
+                             issue="Must be valid UTF-8") from None
+    if size > max_bytes:
         raise InvalidRequest("Environment variable value too large", field=field,
                              issue=f"At most {max_bytes} bytes")
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.api.routing import EndpointTable, principal_of
 from agent.api.schemas import DNS_LABEL, ApiModel, Page, PageQuery, Resource
@@ -94,6 +94,14 @@ class DeploymentCreate(ApiModel):
     stop_timeout: float = Field(default=10.0, ge=0, le=3600,
                                 description="Grace period in seconds before SIGKILL")
 
+    @field_validator("path", "run_cmd", "build_cmd", "remote", "branch", "image", "runtime",
+                     "version")
+    @classmethod
+    def _plain_text(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_text(value)
+        return value
+
 
 class Deployment(Resource):
     id: str
@@ -133,6 +141,16 @@ class Deployment(Resource):
 
 class DeploymentPage(Page[Deployment]):
     pass
+
+
+def _check_text(value: str) -> None:
+    """Refuse what cannot reach a process or a path: NUL, and text that is not UTF-8."""
+    if "\0" in value:
+        raise ValueError("Must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("Must be valid UTF-8") from None
 
 
 def _local(body: DeploymentCreate) -> LocalDeployment:

@@ -40,8 +40,13 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+_MAX_EPOCH = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+
+
 def format_timestamp(epoch: float) -> bytes:
-    """``2024-05-01T12:00:00.123456Z`` (fixed width, sortable as bytes)."""
+    """``2024-05-01T12:00:00.123456Z`` (fixed width, sortable as bytes; clamped to years
+    1970-9999)."""
+    epoch = min(max(epoch, 0.0), _MAX_EPOCH)
     secs = int(epoch)
     micros = round((epoch - secs) * 1_000_000)
     if micros >= 1_000_000:
@@ -96,7 +101,8 @@ def parse_since(value: str, now: float) -> bytes:
     value = value.strip()
     match = _DURATION.match(value)
     if match:
-        return format_timestamp(now - float(match[1]) * _UNITS[match[2]])
+        seconds = float(match[1]) * _UNITS[match[2]]
+        return format_timestamp(now - min(seconds, now))
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:

@@ -116,7 +116,9 @@ class ServiceUnit:
             state=r.state, desired_state=r.desired, pid=r.pid,
             listen_port=r.listen_port if r.state in ACTIVE_STATES else None, port=r.port,
             started_at=r.started_at if r.state in ACTIVE_STATES else None,
-            restart_count=r.restart_count, health=self.health.status,
+            restart_count=r.restart_count,
+            health=self.health.status if r.state in ACTIVE_STATES or self.health.status == "none"
+            else "unknown",
             next_restart_at=r.next_restart_at if r.state is S.BACKOFF else None,
             created_at=r.created_at, updated_at=r.updated_at)
 

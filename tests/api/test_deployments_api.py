@@ -79,6 +79,10 @@ async def test_create_validation_and_unsupported_sources(svc: Harness) -> None:
         ({**_body(path), "health_check": {"type": "http", "path": "no-slash"}}, "health_check.path"),
         ({"name": "r", "source": "remote", "remote": "https://example.com/x.git"}, "source"),
         ({**_body(path), "project_id": "prj_nope"}, "project_id"),
+        ({**_body(path), "run_cmd": "echo a\u0000b"}, "run_cmd"),
+        ({**_body(path), "path": "/srv/\u0000x"}, "path"),
+        ({**_body(path), "build_cmd": "echo \ud800"}, "body"),  # not UTF-8: not valid JSON
+        ({**_body(path), "env": {"A": "\ud800"}}, "body"),
     ]
     for body, field in checks:
         error = await svc.request("POST", "/v1/deployments", json=body, expect=400)

@@ -10,6 +10,7 @@ import re
 import textwrap
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import ClientResponse
 
@@ -70,6 +71,7 @@ async def test_tail_in_text_and_ndjson_with_stream_and_since_filters(svc: Harnes
     assert re.fullmatch(STAMP, rows[0]["timestamp"])
 
     assert "out 1" in await svc.logs(sid, "?since=1h")
+    assert "out 1" in await svc.logs(sid, "?since=99999999999d")
     assert await svc.logs(sid, "?since=2999-01-01T00:00:00Z") == ""
     bad = await svc.request("GET", f"/v1/services/{sid}/logs?since=yesterday", expect=400)
     assert bad["error"]["details"]["field"] == "since"
@@ -195,3 +197,19 @@ def _bytes_read() -> int:
             if line.startswith("rchar:"):
                 return int(line.split()[1])
     raise AssertionError("no rchar in /proc/self/io")
+
+
+async def test_followers_end_when_the_agent_stops(svc: Harness) -> None:
+    """An open follow stream ends cleanly when the agent shuts down (the app keeps running)."""
+    sid = (await svc.deploy("endless", f"exec {PYTHON} app.py", files={"app.py": TICKER_APP},
+                            env={"TICK": "1"}))["service_id"]
+    pid = (await svc.wait_state(sid, "running"))["pid"]
+    url = svc.client.make_url(f"/v1/services/{sid}/logs?follow=true")
+    async with aiohttp.ClientSession() as session, session.get(url, headers=svc.headers) as resp:
+        assert resp.status == 200
+        reader = asyncio.ensure_future(resp.content.read())
+        await svc.restart_agent()
+        async with asyncio.timeout(5):
+            body = await reader
+    assert b"agent started pid" in body
+    assert (await svc.status(sid))["pid"] == pid

@@ -13,9 +13,10 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["HealthCheck", "HealthState", "ProbeResult", "probe"]
+__all__ = ["HealthCheck", "HealthState", "ProbeResult", "Verdict", "judge", "probe"]
 
 HealthStatus = Literal["none", "unknown", "passing", "failing"]
+Verdict = Literal["running", "recovered", "unhealthy", "start_timeout"] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +102,18 @@ async def _probe(check: HealthCheck, host: str, port: int) -> ProbeResult:
         writer.close()
         with contextlib.suppress(OSError, ConnectionError):
             await writer.wait_closed()
+
+
+def judge(state: str, health: HealthState, check: HealthCheck, *, elapsed: float) -> Verdict:
+    """What the latest result (already recorded in ``health``) means for a service in
+    ``state``, ``elapsed`` seconds after its run started. None: nothing changes."""
+    passing = health.status == "passing"
+    if state == "starting":
+        if passing:
+            return "running"
+        return "start_timeout" if elapsed > check.start_timeout else None
+    if state == "running" and health.failures >= check.threshold:
+        return "unhealthy"
+    if state == "unhealthy" and passing:
+        return "recovered"
+    return None

@@ -30,6 +30,7 @@ from agent.env import EnvService
 from agent.errors import NotFound
 from agent.logs.manager import LogManager
 from agent.store import Database
+from agent.supervisor.recovery import recover
 from agent.supervisor.runtime import Handle, LogPaths, RunSpec, Runtime, TreeStats
 from agent.supervisor.states import ACTIVE_STATES
 from agent.supervisor.store import ServiceRecord, load_services
@@ -111,7 +112,7 @@ class Supervisor:
             unit = await self._make_unit(record)
             if unit is None:
                 continue
-            await unit.recover(strays.get(record.id, []))
+            await recover(unit, strays.get(record.id, []))
         log.info("supervisor_opened", services=len(self._units),
                  running=sum(1 for u in self._units.values() if u.r.handle is not None))
 

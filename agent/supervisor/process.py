@@ -67,6 +67,7 @@ _MARKERS = ("dployr-app", "dployr-build")
 _KILL_WAIT = 10.0      # seconds to wait for the kernel after SIGKILL
 _SETTLE_POLL = 0.05    # seconds between checks for session members during a stop
 MEMBERS_TTL = 5.0      # seconds a session's member list is reused for stats
+_ENDED_KEPT = 1024     # exit statuses remembered for late wait() calls
 
 
 @dataclass(eq=False)
@@ -146,6 +147,7 @@ class ProcessRuntime:
     def __init__(self) -> None:
         self._watches: dict[int, _Watch] = {}
         self._members: dict[tuple[int, int], tuple[float, list[tuple[int, int]]]] = {}
+        self._ended: dict[tuple[int, int], ExitStatus] = {}
 
     # -- launching and adopting ---------------------------------------------------------------
 
@@ -276,6 +278,11 @@ class ProcessRuntime:
             with contextlib.suppress(OSError):
                 os.close(watch.pidfd)
             self._watches.pop(watch.pid, None)
+        # Kept for a wait() or stop() that comes after the end (a very short run can end
+        # before its supervisor has even recorded it).
+        self._ended[(watch.pid, watch.start_ticks)] = status
+        while len(self._ended) > _ENDED_KEPT:
+            self._ended.pop(next(iter(self._ended)))
         if not watch.exited.done():
             watch.exited.set_result(status)
 
@@ -286,11 +293,15 @@ class ProcessRuntime:
             return None
         return watch
 
+    def _ended_status(self, handle: Handle) -> ExitStatus:
+        key = (handle.pid or 0, int(handle.data.get("start_ticks", -1)))
+        return self._ended.get(key, ExitStatus())
+
     async def wait(self, handle: Handle) -> ExitStatus:
-        """How the run ended; waits for it. Unknown for a handle this runtime does not watch."""
+        """How the run ended; waits for it. Unknown for a handle this runtime never watched."""
         watch = self._get(handle)
         if watch is None:
-            return ExitStatus()
+            return self._ended_status(handle)
         return await asyncio.shield(watch.exited)
 
     # -- signals and stop --------------------------------------------------------------------
@@ -316,7 +327,7 @@ class ProcessRuntime:
         """Signal the group, wait ``grace``, SIGKILL the group, kill the session's leftovers."""
         watch = self._get(handle)
         if watch is None:
-            return ExitStatus()
+            return self._ended_status(handle)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         watch.stopping = True

@@ -29,7 +29,8 @@ from agent.env import EnvService
 from agent.logs.manager import LogManager
 from agent.store import Database, Tx
 from agent.supervisor import procfs
-from agent.supervisor.health import HealthState, probe
+from agent.supervisor.build import run_build
+from agent.supervisor.health import HealthState, judge, probe
 from agent.supervisor.runtime import (
     ExitStatus,
     Handle,
@@ -301,19 +302,10 @@ class ServiceUnit:
                                    env={**self._ctx.base_env, **self._ctx.env.mapping(r.id)})
         started = self._ctx.clock.time()
         self._ctx.logs.set_live(r.id, True)
-        reason = "build_failed"
         try:
-            handle = await self._ctx.runtime.start(spec)
-            ended = asyncio.ensure_future(self._ctx.runtime.wait(handle))
-            halted = asyncio.ensure_future(self._halt.wait())
-            await asyncio.wait({ended, halted}, timeout=self._ctx.config.build_timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
-            halted.cancel()
-            if not ended.done():
-                # A stop or delete was asked for, or the build ran out of time.
-                reason = "build_stopped" if self._halt.is_set() else "build_timeout"
-                await self._ctx.runtime.stop(handle, r.stop_signal, r.stop_timeout)
-            status = await ended
+            status, reason = await run_build(
+                self._ctx.runtime, spec, limit=self._ctx.config.build_timeout,
+                halt=self._halt, stop_signal=r.stop_signal, stop_timeout=r.stop_timeout)
         except RuntimeFailure as exc:
             status, reason = ExitStatus(), "build_failed"
             await self._note(f"build could not start: {exc}")
@@ -455,16 +447,17 @@ class ServiceUnit:
                     return
                 self.health.record(result, self._ctx.clock.time(),
                                    starting=self.r.state is S.STARTING)
-                state = self.r.state
-                if state is S.STARTING:
-                    if result.ok:
-                        await self._commit(S.RUNNING, event="service.started",
-                                           data=self._run_data())
-                    elif self._ctx.clock.monotonic() - started > check.start_timeout:
-                        await self._note(f"no passing health check in {check.start_timeout:g}s")
-                        await self._kill_run("start_timeout")
-                        return
-                elif state is S.RUNNING and self.health.failures >= check.threshold:
+                verdict = judge(self.r.state, self.health, check,
+                                elapsed=self._ctx.clock.monotonic() - started)
+                if verdict in ("running", "recovered"):
+                    await self._commit(S.RUNNING, data=self._run_data(),
+                                       event="service.started" if verdict == "running"
+                                       else "service.recovered")
+                elif verdict == "start_timeout":
+                    await self._note(f"no passing health check in {check.start_timeout:g}s")
+                    await self._kill_run("start_timeout")
+                    return
+                elif verdict == "unhealthy":
                     await self._commit(S.UNHEALTHY, event="service.unhealthy",
                                        data={**self._run_data(), "failures": self.health.failures,
                                              "error": self.health.last_error})
@@ -472,8 +465,6 @@ class ServiceUnit:
                         await self._note(f"unhealthy ({self.health.last_error}); restarting")
                         await self._kill_run("unhealthy")
                         return
-                elif state is S.UNHEALTHY and result.ok:
-                    await self._commit(S.RUNNING, event="service.recovered", data=self._run_data())
             running = self.r.state in RUNNING_STATES
             pause = check.interval if running else min(pause * 2, 1.0, check.interval)
             await asyncio.sleep(pause)
@@ -524,69 +515,6 @@ class ServiceUnit:
 
     async def _note(self, text: str) -> None:
         await self._ctx.logs.note(self.r.id, text)
-
-    # -- recovery after an agent restart ---------------------------------------------------------
-
-    async def recover(self, strays: list[Handle]) -> None:
-        """Re-adopt the persisted run (same pid, no restart) or settle what happened while the
-        agent was away. ``strays`` are other live runs of this service found on the host:
-        they are killed (one run per service)."""
-        async with self._lock:
-            await self._recover(strays)
-        self._notify()
-
-    async def _recover(self, strays: list[Handle]) -> None:
-        r = self.r
-        runtime = self._ctx.runtime
-        spec = self._spec()
-        for stray in strays:
-            if r.handle is None or stray.pid != r.handle.pid:
-                log.warning("service_stray_run_killed", service_id=r.id, pid=stray.pid)
-                if (await runtime.adopt(stray, spec)).alive:
-                    await runtime.stop(stray, r.stop_signal, 0)
-        rebooted = r.boot_id is not None and r.boot_id != procfs.boot_id()
-        if r.handle is not None:
-            adopted = await runtime.adopt(r.handle, spec)
-            if adopted.alive:
-                self._adopted()
-                return
-            await self._ctx.logs.reset_raw(r.id)
-            if not rebooted and r.state in (S.STARTING, S.RUNNING, S.UNHEALTHY):
-                # It ended while the agent was away: that is an exit like any other.
-                await self._note(f"ended while the agent was away: {adopted.status.describe()}")
-                await self._after_run(adopted.status, "exited")
-                return
-            exit = await self._exit_record(adopted.status, "stopped" if r.state is S.STOPPING
-                                           else "lost")
-            await self._commit(S.STOPPED if r.state in ACTIVE_STATES else None, exit=exit,
-                               handle=None)
-        if self.r.desired is not DesiredState.RUNNING:
-            return
-        state = self.r.state
-        if state is S.BACKOFF and not rebooted:
-            delay = max(0.0, (self.r.next_restart_at or 0) - self._ctx.clock.time())
-            self._timer = self._spawn(self._backoff(self._gen, delay))
-            return
-        if state is S.STARTING:  # a build was cut short by the agent's end
-            await self._commit(S.STOPPED, handle=None)
-        if self.r.state is S.STOPPED or (rebooted and self.r.state in (S.BACKOFF, S.CRASHED,
-                                                                        S.FAILED)):
-            self._spawn(self._command(self._start))
-
-    def _adopted(self) -> None:
-        """The persisted run is alive: watch it again, or finish what was being done."""
-        r = self.r
-        assert r.handle is not None
-        self._gen += 1
-        self._ctx.logs.set_live(r.id, True)
-        log.info("service_adopted", service_id=r.id, pid=r.pid, state=r.state.value)
-        if r.desired is DesiredState.STOPPED:
-            self._spawn(self._command(self._stop))
-        elif r.state is S.STOPPING:  # a restart was in progress
-            self._spawn(self._command(self._restart))
-        else:
-            self._watch_run(self._gen, r.handle)
-
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:

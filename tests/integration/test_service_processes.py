@@ -85,7 +85,8 @@ async def test_a_crash_loop_backs_off_with_growing_delays_then_crashes(svc: Harn
     dep = await svc.deploy("crashy", cmd, restart=policy)
     sid = dep["service_id"]
     status = await svc.wait_state(sid, "crashed", timeout=30)
-    assert status["last_exit"]["exit_code"] == 3 and status["last_exit"]["signal"] is None
+    exit = status["last_exit"]
+    assert exit["exit_code"] == 3 and exit["signal"] is None, exit
     assert status["last_exit"]["stderr_tail"][-1] == "fatal: no config"
     assert status["restart_count"] == 4 and status["pid"] is None
 

@@ -106,7 +106,8 @@ class LogFiles:
 
     def locate(self, key: Callable[[LogLine], K], target: K) -> Position:
         """The position of the first line whose ``key`` is >= ``target`` (keys grow with
-        the log: seq or timestamp). The end of the active file when there is none."""
+        the log: seq or timestamp): the end of the log when the target is past its last
+        line, the start of the active file when there is no line yet."""
         return self.consistent(lambda: self._locate(key, target))
 
     def _locate(self, key: Callable[[LogLine], K], target: K) -> Position:
@@ -122,7 +123,10 @@ class LogFiles:
                 break
             chosen, newer = path, path
         if chosen is None:
-            return self.end()
+            # No line anywhere yet. The start of the active file, not its end: lines may be
+            # appended before the caller reads, and readers skip what precedes their target.
+            start = self.end()
+            return Position(start.path, start.inode, 0)
         offset = _bisect(chosen, key, target)
         size = chosen.stat().st_size
         if offset >= size and newer is not None and newer != chosen:

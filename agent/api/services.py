@@ -61,7 +61,8 @@ class LastExit(Resource):
     exit_code: int | None
     signal: str | None = Field(description="e.g. SIGKILL, when a signal ended the run")
     reason: str = Field(description="exited | stopped | restarted | unhealthy | start_timeout "
-                                    "| lost | build_failed | build_timeout | spawn_failed")
+                                    "| lost | build_failed | build_timeout | build_stopped "
+                                    "| spawn_failed")
     started_at: datetime | None
     exited_at: datetime
     stderr_tail: list[str] = Field(description="The last (up to 20) lines of stderr")

@@ -360,12 +360,12 @@ class LogCapture:
 
     def note(self, text: str) -> None:
         """Append a line of the agent's own (stream ``agent``) to the log."""
-        self.seq += 1
-        line = encode_line(self.seq, format_timestamp(self._now()), "agent",
-                           text.encode()[:MAX_LINE])
+        line = encode_line(self.seq + 1, format_timestamp(self._now()), "agent",
+                           text.encode(errors="replace")[:MAX_LINE])
         if self._out_size and self._out_size + len(line) > self.files.max_bytes:
+            self._save_state()
             self._rotate()
-        os.write(self._out_fd, line)
-        self._out_size += len(line)
+        self._append([line])
+        self.seq += 1  # only once written: readers take seq as "everything up to here is in"
         with contextlib.suppress(OSError):
             self._save_state()

@@ -108,9 +108,10 @@ def _open_at(files: LogFiles, seq: int) -> tuple[int, int]:
         try:
             fd = os.open(pos.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            files.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(files.active, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            return fd, 0
+            if files.directory.exists():
+                continue  # renamed between locating and opening
+            # The service is being deleted: an empty source; the reader ends on its own.
+            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), 0
         if os.fstat(fd).st_ino == pos.inode or pos.inode == 0:
             return fd, pos.offset
         os.close(fd)  # rotated between locating and opening: locate again

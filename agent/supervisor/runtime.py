@@ -150,9 +150,9 @@ class ExitStatus:
         return cls.from_shell(os.WEXITSTATUS(status))
 
     def describe(self) -> str:
-        """``"exit code 3"``, ``"killed by SIGKILL"`` or ``"unknown"``."""
+        """``"exit code 3"``, ``"signal SIGKILL"`` or ``"unknown"``."""
         if self.signal is not None:
-            return f"killed by {signal_name(self.signal)}"
+            return f"signal {signal_name(self.signal)}"
         if self.code is not None:
             return f"exit code {self.code}"
         return "unknown"

@@ -122,7 +122,7 @@ def test_exit_status_decoding() -> None:
     assert ExitStatus.from_wait(3 << 8) == ExitStatus(code=3)
     assert ExitStatus.from_wait(143 << 8) == ExitStatus(signal=15)    # the wrapper's exit 143
     assert ExitStatus().describe() == "unknown"
-    assert ExitStatus(signal=9).describe() == "killed by SIGKILL"
+    assert ExitStatus(signal=9).describe() == "signal SIGKILL"
 
 
 def test_handle_round_trips_as_json() -> None:

@@ -158,6 +158,10 @@ async def test_wait_true_returns_the_outcome_of_a_start(svc: Harness) -> None:
     quick = await svc.action(sid, "start")
     assert quick["state"] == "starting"
     await svc.action(sid, "stop", wait=True)
+    bounded = await svc.request("POST", f"/v1/services/{sid}/start?wait=true&timeout=0.05",
+                                expect=200)
+    assert bounded["state"] == "starting"  # the bound passed first: the answer says so
+    await svc.action(sid, "stop", wait=True)
     waited = await svc.action(sid, "start", wait=True)
     assert waited["state"] == "running" and waited["health"] == "passing"
 

@@ -51,6 +51,7 @@ _READ_LIMIT = 1 << 20          # bytes read per raw file per step
 _HOLE_ALIGN = 4096
 _TRUNCATE_AFTER = 1 << 20      # copy-truncate fallback: truncate once this much was read
 STDERR_TAIL = 20
+_TAIL_SCAN = 256 * 1024       # bytes of log scanned back for the stderr tail at open
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate
@@ -250,7 +251,7 @@ class LogCapture:
                 found.append(line.text.decode(errors="replace"))
                 if len(found) >= STDERR_TAIL:
                     break
-            if scanned > 4 * _READ_LIMIT:
+            if scanned > _TAIL_SCAN:
                 break
         self.stderr_tail.extend(reversed(found))
 

@@ -109,10 +109,14 @@ class Supervisor:
         records = await self._db.read_in_thread(load_services)
         strays = await self._discover(records)
         for record in records:
-            unit = await self._make_unit(record)
-            if unit is None:
-                continue
-            await recover(unit, strays.get(record.id, []))
+            try:
+                unit = await self._make_unit(record)
+                if unit is not None:
+                    await recover(unit, strays.get(record.id, []))
+            except OSError as exc:
+                # One service's files being unusable must not keep the agent from starting.
+                log.error("service_recovery_failed", service_id=record.id,
+                          error=exc.strerror or type(exc).__name__)
         log.info("supervisor_opened", services=len(self._units),
                  running=sum(1 for u in self._units.values() if u.r.handle is not None))
 

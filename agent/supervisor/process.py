@@ -7,14 +7,16 @@ How a run is launched::
 
 The wrapper is a few lines of ``sh`` (about 1 MB of memory). It traps the stop signals only to
 outlive them: POSIX shells run a trap after the foreground child has ended, so the wrapper
-waits for the app, writes the app's ``$?`` to the status file and exits with it. A stop that
-comes while the app is being forked could be lost (a signal that lands between the fork and
-the child's reset of the trap), so ``stop`` first creates ``<status file>.stop``, then
-signals: the forked child checks for that file after its reset and does not start the app. That is how
+waits for the app, writes the app's ``$?`` to the status file and exits with it. That is how
 an agent that restarted, and so is no longer the parent, learns how an adopted app ended
 (see docs/operations.md, "Exit status of adopted apps"). A shell reports death by signal N as
 ``128 + N``; the agent decodes it back, so an app that itself exits with a code above 128 is
 reported as killed by the matching signal.
+
+A stop that comes while the app is being forked could be lost (a signal that lands between
+the fork and the child's reset of the trap), so ``stop`` first creates ``<status file>.stop``,
+then signals: the forked child checks for that file after its reset and then does not start
+the app.
 
 - stdout and stderr are files opened ``O_APPEND`` in the child, never pipes to the agent.
 - The agent watches the leader with a pidfd (``os.pidfd_open`` + ``loop.add_reader``), for

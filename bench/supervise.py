@@ -133,14 +133,28 @@ class Agent:
             "DPLOYR_SERVICES__ALLOWED_LOCAL_ROOTS": json.dumps([str(root)]),
             "DPLOYR_SERVICES__LOG_MAX_BYTES": str(64 << 20),
         })
+        self.env = env
         self.log = (work / "agent.log").open("ab")
-        self.proc = subprocess.Popen([PYTHON, "-m", "agent", "serve"], env=env,
-                                     stdout=self.log, stderr=self.log)
-        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        wait_for(self._healthy, timeout=60)
+        self.token = ""
+        self._launch()
         self.token = self.call("POST", "/v1/auth/login",
                                {"email": "bench@example.com", "password": "bench-password"})[
             "access_token"]
+
+    def _launch(self) -> None:
+        self.proc = subprocess.Popen([PYTHON, "-m", "agent", "serve"], env=self.env,
+                                     stdout=self.log, stderr=self.log)
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        wait_for(self._healthy, timeout=60, interval=0.01)
+
+    def kill_and_restart(self) -> float:
+        """SIGKILL the agent, start it again; seconds until it answers /v1/health."""
+        self.proc.kill()
+        self.proc.wait()
+        self.conn.close()
+        t0 = time.monotonic()
+        self._launch()
+        return time.monotonic() - t0
 
     def _healthy(self) -> bool:
         try:
@@ -290,12 +304,15 @@ def sample_idle(procs: dict[str, psutil.Process], seconds: float) -> dict[str, d
 def status_latency(agent: Agent, sup: Supervisord, names: list[str],
                    calls: int) -> dict[str, list[float]]:
     rng = random.Random(1)
-    result: dict[str, list[float]] = {"agent": [], "supervisord": []}
+    result: dict[str, list[float]] = {"agent": [], "supervisord": [], "agent_health": []}
     for _ in range(calls):
         name = rng.choice(names)
         t0 = time.perf_counter()
         agent.call("GET", f"/v1/services/{name}/status")
         result["agent"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        agent.call("GET", "/v1/health")
+        result["agent_health"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         sup.rpc.supervisor.getProcessInfo(name)
         result["supervisord"].append(time.perf_counter() - t0)
@@ -431,10 +448,18 @@ def main(argv: list[str] | None = None) -> int:
 
             st = status_latency(agent, sup, names, args.status_calls)
             a50, s50 = statistics.median(st["agent"]), statistics.median(st["supervisord"])
+            h50 = statistics.median(st["agent_health"])
             rows.append(("status call p50 (ms)", f"{a50 * 1000:.2f}", f"{s50 * 1000:.2f}",
-                         f"ratio {a50 / s50:.2f}"))
+                         f"ratio {a50 / s50:.2f}; the agent's GET /v1/health: {h50 * 1000:.2f}"))
             rows.append(("status call p99 (ms)", f"{pct(st['agent'], 0.99) * 1000:.2f}",
                          f"{pct(st['supervisord'], 0.99) * 1000:.2f}", ""))
+
+            before = {s["name"]: s["pid"] for s in agent.call("GET", "/v1/services?limit=500")["data"]}
+            back = agent.kill_and_restart()
+            after = {s["name"]: s["pid"] for s in agent.call("GET", "/v1/services?limit=500")["data"]}
+            same = sum(1 for name, pid in before.items() if after.get(name) == pid)
+            rows.append((f"kill -9 + restart with {args.services} services (s)", f"{back:.2f}",
+                         "n/a", f"{same}/{len(before)} adopted with the same pid"))
 
             tp = capture_throughput(agent, sup, root, args.lines)
             rows.append(("log capture (lines/s)", f"{tp['agent']:.0f}", f"{tp['supervisord']:.0f}",

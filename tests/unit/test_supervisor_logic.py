@@ -150,3 +150,25 @@ def test_session_members_exclude_a_process_that_reused_the_leader_pid() -> None:
     members = session_members(100, 10, processes=procs)
     assert [p.pid for p in members] == [101]
     assert [p.pid for p in session_members(100, 500, processes=procs)] == [100, 102]
+
+
+def test_health_verdicts() -> None:
+    """A pass makes a start running and an unhealthy service recovered; threshold failures make
+    a running one unhealthy; a start past start_timeout without a pass times out."""
+    from agent.supervisor.health import HealthCheck, HealthState, ProbeResult, judge
+
+    check = HealthCheck(threshold=2, start_timeout=10)
+    starting = HealthState(status="unknown")
+    starting.record(ProbeResult(False, "refused"), 0, starting=True)
+    assert starting.status == "unknown" and judge("starting", starting, check, elapsed=1) is None
+    assert judge("starting", starting, check, elapsed=11) == "start_timeout"
+    starting.record(ProbeResult(True), 0, starting=True)
+    assert judge("starting", starting, check, elapsed=11) == "running"
+
+    running = HealthState(status="passing")
+    running.record(ProbeResult(False, "HTTP 500"), 0)
+    assert judge("running", running, check, elapsed=100) is None
+    running.record(ProbeResult(False, "HTTP 500"), 0)
+    assert running.status == "failing" and judge("running", running, check, elapsed=100) == "unhealthy"
+    running.record(ProbeResult(True), 0)
+    assert judge("unhealthy", running, check, elapsed=100) == "recovered"

@@ -38,7 +38,10 @@ from typing import Any
 import psutil
 
 PYTHON = sys.executable
-SUPERVISORD = shutil.which("supervisord") or "/usr/bin/supervisord"
+# The bench extra's supervisord (next to this interpreter), else the system's.
+_VENV_SUPERVISORD = Path(sys.executable).with_name("supervisord")
+SUPERVISORD = (str(_VENV_SUPERVISORD) if _VENV_SUPERVISORD.exists()
+               else shutil.which("supervisord") or "/usr/bin/supervisord")
 
 LISTENER = textwrap.dedent("""
     import os, socket
@@ -201,7 +204,8 @@ class Agent:
 class Supervisord:
     """supervisord with one program per (name, command, env), none started automatically."""
 
-    def __init__(self, work: Path, programs: dict[str, tuple[str, Path, dict[str, str]]]) -> None:
+    def __init__(self, work: Path, programs: dict[str, tuple[str, Path, dict[str, str]]],
+                 binary: str = SUPERVISORD) -> None:
         self.port = free_port()
         self.logs = work / "supervisor-logs"
         self.logs.mkdir()
@@ -234,7 +238,7 @@ class Supervisord:
         conf = work / "supervisord.conf"
         conf.write_text("\n".join(sections))
         self.out = (work / "supervisord.stdout").open("ab")
-        self.proc = subprocess.Popen([SUPERVISORD, "-c", str(conf)], stdout=self.out,
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=self.out,
                                      stderr=self.out)
         self.rpc = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{self.port}/RPC2")
         wait_for(self._up, timeout=60)
@@ -379,7 +383,8 @@ def _setup(work: Path, services: int, lines: int) -> tuple[Path, dict[str, Any]]
 
 @contextlib.contextmanager
 def _running(work: Path, services: int, lines: int, follow_lines: int,
-             ports: tuple[int, int]) -> Iterator[tuple[Agent, Supervisord, Path]]:
+             ports: tuple[int, int],
+             supervisord: str) -> Iterator[tuple[Agent, Supervisord, Path]]:
     root, _ = _setup(work, services, lines)
     programs: dict[str, tuple[str, Path, dict[str, str]]] = {
         "latency": (f"{PYTHON} listener.py", root / "latency", {"PORT": str(ports[1])}),
@@ -388,7 +393,7 @@ def _running(work: Path, services: int, lines: int, follow_lines: int,
     for i in range(services):
         programs[f"idle{i}"] = ("sleep 1000000", root / "idle", {})
     agent = Agent(work, root)
-    sup = Supervisord(work, programs)
+    sup = Supervisord(work, programs, supervisord)
     try:
         yield agent, sup, root
     finally:
@@ -404,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status-calls", type=int, default=2000)
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--follow-lines", type=int, default=5000)
+    parser.add_argument("--supervisord", default=SUPERVISORD,
+                        help="the supervisord to compare with (default: %(default)s)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="dployr-bench-supervise-"))
@@ -411,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, str, str]] = []
     try:
         with _running(work, args.services, args.lines, args.follow_lines,
-                      (agent_port, sup_port)) as (agent, sup, root):
+                      (agent_port, sup_port), args.supervisord) as (agent, sup, root):
             agent.deploy("latency", root / "latency", f"exec {PYTHON} listener.py",
                          port=agent_port, fixed_port=True)
             wait_for(lambda: agent.call("GET", "/v1/services/latency")["state"] == "running")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from agent.supervisor import procfs
 from agent.supervisor.process import ProcessRuntime
 from agent.supervisor.runtime import ExitStatus, Handle, LogPaths, RunSpec
 from tests.support.agent import eventually
+from tests.support.services import session_of
 
 
 def _spec(tmp: Path, command: str) -> RunSpec:
@@ -67,12 +69,16 @@ async def test_an_adopted_run_that_is_not_our_child_reports_its_exit_code(
                           capture_output=True, text=True, check=True, cwd=Path.cwd())
     handle = Handle.from_json(made.stdout.strip().splitlines()[-1])
     assert handle.pid is not None
-    stat = procfs.read_stat(handle.pid)
-    assert stat is not None and stat.ppid != os.getpid()
-    runtime = ProcessRuntime()
-    adopted = await runtime.adopt(handle, _spec(tmp_path, command))
-    assert adopted.alive
-    waiter = asyncio.ensure_future(runtime.wait(handle))
-    await asyncio.to_thread((tmp_path / "go").write_text, "now\n")
-    assert await asyncio.wait_for(waiter, 10) == ExitStatus(code=7)
-    assert json.loads(handle.to_json())["status_file"].endswith("app.exit")
+    try:
+        stat = procfs.read_stat(handle.pid)
+        assert stat is not None and stat.ppid != os.getpid()
+        runtime = ProcessRuntime()
+        adopted = await runtime.adopt(handle, _spec(tmp_path, command))
+        assert adopted.alive
+        waiter = asyncio.ensure_future(runtime.wait(handle))
+        await asyncio.to_thread((tmp_path / "go").write_text, "now\n")
+        assert await asyncio.wait_for(waiter, 10) == ExitStatus(code=7)
+        assert json.loads(handle.to_json())["status_file"].endswith("app.exit")
+    finally:
+        for proc in session_of(handle.pid):
+            os.kill(proc.pid, signal.SIGKILL)

@@ -140,6 +140,12 @@ class ServicesConfig(_Section):
     allowed_local_roots: tuple[Path, ...] = ()
     log_max_bytes: int = Field(default=10 * 1_048_576, ge=4096, le=1 << 40)
     log_max_files: int = Field(default=5, ge=1, le=1000)
+    build_timeout: float = Field(default=600.0, gt=0, le=86_400)
+    startup_seconds: float = Field(default=1.0, ge=0, le=600)
+    wait_timeout: float = Field(default=60.0, gt=0, le=3600)
+    env_value_max_bytes: int = Field(default=32_768, ge=1, le=1_048_576)
+    env_max_vars: int = Field(default=500, ge=1, le=10_000)
+    stats_max_age: float = Field(default=1.0, ge=0, le=3600)
 
 
 GitScheme = Literal["https", "ssh", "http", "git", "file"]

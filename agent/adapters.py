@@ -23,7 +23,7 @@ from agent.metrics.sampler import Sampler
 from agent.metrics.sources import ProxyState, ServiceProcess
 from agent.proxy import ServiceLocator
 from agent.proxy.backend import ProxyBackend
-from agent.proxy.locator import Target, Upstream
+from agent.proxy.locator import StaticSite, Target, Upstream
 from agent.proxy.routes import RouteService
 from agent.supervisor.manager import Supervisor
 from agent.supervisor.states import ServiceState
@@ -66,8 +66,14 @@ class SupervisorView(ServiceLocator, ServiceSource):
         return info is not None and info.id == service_id
 
     def target(self, service_id: str, port: int | None) -> Target | None:
+        """The current run's port, or for a static site (``runtime: "static"``) the directory
+        of its current release; None while nothing serves."""
         info = self._info(service_id)
-        if info is None or info.state not in SERVING_STATES or info.listen_port is None:
+        if info is None or info.state not in SERVING_STATES:
+            return None
+        if info.runtime == "static":
+            return StaticSite(info.cwd) if info.cwd is not None else None
+        if info.listen_port is None:
             return None
         return Upstream("127.0.0.1", info.listen_port)
 

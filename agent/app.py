@@ -24,6 +24,7 @@ from agent.api import health as health_api
 from agent.api import instances as instances_api
 from agent.api import logs as logs_api
 from agent.api import projects as projects_api
+from agent.api import releases as releases_api
 from agent.api import routes as routes_api
 from agent.api import scrape as scrape_api
 from agent.api import service_metrics as service_metrics_api
@@ -37,6 +38,8 @@ from agent.auth.accounts import AccountService
 from agent.auth.tokens import load_or_create_secret
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, parse_duration
+from agent.delivery import DeployLogs, RemoteDeployments, RunRecorder, SupervisorStarter
+from agent.deploy.kit import DeployKit
 from agent.deployments import DeploymentService
 from agent.env import EnvService
 from agent.events import EventBus
@@ -57,6 +60,7 @@ from agent.keys import (
     PROJECTS_KEY,
     PROXY_KEY,
     RATE_LIMITS_KEY,
+    REMOTE_DEPLOYMENTS_KEY,
     ROUTES_KEY,
     SAMPLER_KEY,
     STARTED_AT_KEY,
@@ -84,6 +88,7 @@ from agent.store import Database, ensure_private_dir
 from agent.supervisor.manager import Supervisor
 from agent.supervisor.process import ProcessRuntime
 from agent.supervisor.runtime import Runtime
+from agent.supervisor.static import StaticRuntime
 from agent.upstream import UpstreamLink, default_providers, local_base_url
 from agent.webhooks import WebhookRuntime, WebhookService
 
@@ -95,6 +100,7 @@ ROUTE_TABLES: tuple[EndpointTable, ...] = (
     accounts_api.routes,
     projects_api.routes,
     deployments_api.routes,
+    releases_api.routes,
     services_api.routes,
     logs_api.routes,
     env_api.routes,
@@ -155,6 +161,7 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
         clock=clock, max_keys=config.ratelimit.max_tracked_clients)
 
     supervisor = _add_services(app, config, db, clock, runtimes)
+    _add_deploys(app, config, db, clock, supervisor)
     view = SupervisorView(supervisor)
     _add_proxy(app, config, db, clock, locator or view)
     _add_metrics(app, config, clock, db, service_source or view, host_reader, runtime_detector)
@@ -168,6 +175,7 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     app.cleanup_ctx.append(life.admin_ctx(admin or AdminSeed()))
     app.cleanup_ctx.append(life.supervisor_ctx)
     app.cleanup_ctx.append(life.proxy_ctx)
+    app.cleanup_ctx.append(life.deploy_ctx)
     app.cleanup_ctx.append(life.metrics_ctx)
     app.cleanup_ctx.append(life.session_pruning_ctx)
     app.cleanup_ctx.append(life.webhooks_ctx)
@@ -187,11 +195,34 @@ def _add_services(app: web.Application, config: AgentConfig, db: Database, clock
     env = EnvService(db, clock, max_bytes=services.env_value_max_bytes,
                      max_vars=services.env_max_vars)
     supervisor = Supervisor(db, clock, services, apps_dir=config.state.dir / "apps", logs=logs,
-                            env=env, runtimes=runtimes or {"process": ProcessRuntime()})
+                            env=env, build_timeout=config.deploy.build_timeout,
+                            runtimes={"static": StaticRuntime(),
+                                      **(runtimes or {"process": ProcessRuntime()})})
     app[ENV_KEY] = env
     app[SUPERVISOR_KEY] = supervisor
     app[DEPLOYMENTS_KEY] = DeploymentService(db, clock, services, supervisor, env)
     return supervisor
+
+
+def _add_deploys(app: web.Application, config: AgentConfig, db: Database, clock: Clock,
+                 supervisor: Supervisor) -> None:
+    """Deployments from git: the deploy kit, its starter (the supervisor's switch), its
+    observer (the store), and the remote deployments service."""
+    releases = DeployKit.release_store(config, clock)
+    logs = DeployLogs(config.state.dir / "apps")
+
+    async def refresh(service_id: str) -> None:
+        await app[PROXY_KEY].refresh(service_id)
+
+    starter = SupervisorStarter(supervisor, releases, start_timeout=config.deploy.start_timeout,
+                                refresh=refresh)
+    recorder = RunRecorder(db, clock, releases)
+    kit = DeployKit.from_config(config, clock=clock, starter=starter, observer=recorder,
+                                log_listener=logs.notify, releases=releases)
+    remote = RemoteDeployments(db, clock, config, supervisor, app[ENV_KEY], kit, logs, recorder)
+    app[REMOTE_DEPLOYMENTS_KEY] = remote
+    app[DEPLOYMENTS_KEY].add_removal_hook(remote.before_removal, before=True)
+    app[DEPLOYMENTS_KEY].add_removal_hook(remote.after_removal)
 
 
 def _add_proxy(app: web.Application, config: AgentConfig, db: Database, clock: Clock,

@@ -140,7 +140,6 @@ class ServicesConfig(_Section):
     allowed_local_roots: tuple[Path, ...] = ()
     log_max_bytes: int = Field(default=10 * 1_048_576, ge=4096, le=1 << 40)
     log_max_files: int = Field(default=5, ge=1, le=1000)
-    build_timeout: float = Field(default=600.0, gt=0, le=86_400)
     startup_seconds: float = Field(default=1.0, ge=0, le=600)
     wait_timeout: float = Field(default=60.0, gt=0, le=3600)
     env_value_max_bytes: int = Field(default=32_768, ge=1, le=1_048_576)
@@ -163,6 +162,7 @@ class DeployConfig(_Section):
     toolchains_dir: str = ""
     max_concurrent_deploys: int = Field(default=2, ge=1, le=64)
     git_submodules: bool = False
+    start_timeout: float = Field(default=60.0, gt=0, le=3600)
 
     @field_validator("npm_registry")
     @classmethod

@@ -1,5 +1,6 @@
-"""Deployments (seed: Deployments). This agent version runs the ``local`` source: an app in a
-directory of this host. Knows nothing of HTTP.
+"""Deployments (seed: Deployments): list, get and delete every deployment, create the ``local``
+source (an app in a directory of this host). Deployments from git (``remote``) are created,
+updated and rolled back by ``agent.delivery``. Knows nothing of HTTP.
 
 A deployment owns exactly one service (same name). Creating one inserts the deployment, its
 service and its env vars in one transaction (with ``deployment.created``), takes the service
@@ -79,6 +80,9 @@ class Deployment:
     created_at: float
     updated_at: float
     service_id: str | None
+    release_id: str | None = None               # the release the service runs now
+    release: dict[str, Any] | None = None       # the run that made it live: commit, toolchain
+    has_credentials: bool = False
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Deployment:
@@ -94,11 +98,19 @@ class Deployment:
                    stop_signal=row["stop_signal"], stop_timeout=row["stop_timeout"],
                    status=row["status"], status_detail=js("status_detail"),
                    created_at=row["created_at"], updated_at=row["updated_at"],
-                   service_id=row["service_id"])
+                   service_id=row["service_id"], release_id=row["release_id"],
+                   release=js("release_detail"), has_credentials=bool(row["has_credentials"]))
 
 
-_SELECT = ("SELECT d.*, s.id AS service_id FROM deployments d"
-           " LEFT JOIN services s ON s.deployment_id = d.id")
+# The current release's details come from the newest run that made it live.
+_SELECT = (
+    "SELECT d.*, s.id AS service_id, s.release_id AS release_id,"
+    " EXISTS (SELECT 1 FROM deployment_credentials c WHERE c.deployment_id = d.id)"
+    " AS has_credentials,"
+    " (SELECT r.detail FROM deploy_runs r WHERE r.deployment_id = d.id"
+    "  AND r.status = 'succeeded' AND json_extract(r.detail, '$.release_id') = s.release_id"
+    "  ORDER BY r.created_at DESC LIMIT 1) AS release_detail"
+    " FROM deployments d LEFT JOIN services s ON s.deployment_id = d.id")
 
 
 def resolve_local_path(raw: str, roots: tuple[Path, ...]) -> Path:
@@ -140,16 +152,27 @@ class DeploymentService:
         self._supervisor = supervisor
         self._env = env
         self._removal_hooks: list[RemovalHook] = []
+        self._pre_removal_hooks: list[RemovalHook] = []
 
-    def add_removal_hook(self, hook: RemovalHook) -> None:
+    def add_removal_hook(self, hook: RemovalHook, *, before: bool = False) -> None:
         """Call ``hook(service_id)`` when a deployment's service is removed, before its rows
-        go (e.g. to delete the service's proxy routes)."""
-        self._removal_hooks.append(hook)
+        go (e.g. to delete the service's proxy routes); with ``before``, already before the
+        service is stopped (e.g. to cancel its deploys)."""
+        (self._pre_removal_hooks if before else self._removal_hooks).append(hook)
 
-    def list(self, *, limit: int, after: str | None = None) -> tuple[list[Deployment], str | None]:
-        """Up to ``limit`` deployments in creation order after the cursor, and the next cursor."""
-        rows = self._db.query(_SELECT + " WHERE d.id > ? ORDER BY d.id LIMIT ?",
-                              (after or "", limit + 1))
+    def list(self, *, limit: int, after: str | None = None, project_id: str | None = None,
+             status: str | None = None) -> tuple[list[Deployment], str | None]:
+        """Up to ``limit`` deployments in creation order after the cursor (optionally of one
+        project, or in one status), and the next cursor."""
+        sql = _SELECT + " WHERE d.id > ?"
+        params: list[Any] = [after or ""]
+        if project_id is not None:
+            sql += " AND d.project_id = ?"
+            params.append(project_id)
+        if status is not None:
+            sql += " AND d.status = ?"
+            params.append(status)
+        rows = self._db.query(sql + " ORDER BY d.id LIMIT ?", (*params, limit + 1))
         items = [Deployment.from_row(r) for r in rows[:limit]]
         return items, (items[-1].id if len(rows) > limit else None)
 
@@ -205,6 +228,8 @@ class DeploymentService:
         """Stop the service, remove its env vars, logs, files and rows."""
         deployment = self.get(key)
         if deployment.service_id is not None:
+            for hook in self._pre_removal_hooks:
+                await hook(deployment.service_id)
             # NotFound: not under supervision (e.g. its runtime is unavailable): rows only.
             with contextlib.suppress(NotFound):
                 await self._supervisor.remove(deployment.service_id)

@@ -8,6 +8,7 @@ from agent.auth import AuthService, Principal
 from agent.auth.accounts import AccountService
 from agent.clock import Clock
 from agent.config import AgentConfig
+from agent.delivery import RemoteDeployments
 from agent.deployments import DeploymentService
 from agent.env import EnvService
 from agent.events import EventBus
@@ -39,6 +40,7 @@ __all__ = [
     "PROXY_KEY",
     "RATE_DECISION_KEY",
     "RATE_LIMITS_KEY",
+    "REMOTE_DEPLOYMENTS_KEY",
     "REQUEST_ID_KEY",
     "ROUTES_KEY",
     "SAMPLER_KEY",
@@ -78,3 +80,4 @@ LOCATOR_KEY: web.AppKey[ServiceLocator] = web.AppKey("locator")
 SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
 ENV_KEY = web.AppKey("env", EnvService)
 DEPLOYMENTS_KEY = web.AppKey("deployments", DeploymentService)
+REMOTE_DEPLOYMENTS_KEY = web.AppKey("remote_deployments", RemoteDeployments)

@@ -31,6 +31,7 @@ from agent.keys import (
     INSTANCE_KEY,
     LOCATOR_KEY,
     PROXY_KEY,
+    REMOTE_DEPLOYMENTS_KEY,
     ROUTES_KEY,
     SAMPLER_KEY,
     SUPERVISOR_KEY,
@@ -43,6 +44,7 @@ __all__ = [
     "INITIAL_PASSWORD_FILE",
     "AdminSeed",
     "admin_ctx",
+    "deploy_ctx",
     "end_log_followers",
     "metrics_ctx",
     "proxy_ctx",
@@ -132,6 +134,16 @@ async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
 async def end_log_followers(app: web.Application) -> None:
     """on_shutdown: end open ``follow`` streams so the server need not wait for them."""
     await app[SUPERVISOR_KEY].logs().shutdown_followers()
+    app[REMOTE_DEPLOYMENTS_KEY].logs.shutdown()
+
+
+async def deploy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Settle the deploys an earlier agent left in flight; at the end, stop the deploy queue
+    (deploys in flight end failed, their new release stopped, the old one serving)."""
+    remote = app[REMOTE_DEPLOYMENTS_KEY]
+    await remote.recover()
+    yield
+    await remote.kit.close()
 
 
 async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,156 +1,34 @@
-"""Deployments endpoints (seed: Deployments). This version runs ``source: "local"``."""
+"""Deployments endpoints (seed: Deployments): create, list, get, update (PUT), delete.
+
+``source: "remote"`` (developer and above) deploys from git through the pipeline and answers
+202: the deploy is queued and goes on after the answer. ``source: "local"`` (admin only) runs
+an app from a directory of this host and answers 201. See docs/api.md.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
-
 from aiohttp import web
-from pydantic import Field, field_validator, model_validator
 
-from agent.api.routing import EndpointTable, principal_of
-from agent.api.schemas import DNS_LABEL, ApiModel, Page, PageQuery, Resource
-from agent.deployments import Deployment as DeploymentRecord
+from agent.api.deployment_schemas import (
+    Deployment,
+    DeploymentCreate,
+    DeploymentPage,
+    DeploymentsQuery,
+    DeploymentUpdateIn,
+)
+from agent.api.routing import EndpointTable, json_response, principal_of
+from agent.delivery import DeploymentUpdate, RemoteDeployment
 from agent.deployments import LocalDeployment
 from agent.errors import Forbidden, InvalidRequest
-from agent.keys import DEPLOYMENTS_KEY
-from agent.supervisor.health import HealthCheck
+from agent.keys import DEPLOYMENTS_KEY, REMOTE_DEPLOYMENTS_KEY
 from agent.supervisor.policy import RestartPolicy
-from agent.timefmt import from_epoch
 
-__all__ = ["HealthCheckIn", "RestartPolicyIn", "routes"]
+__all__ = ["routes"]
 
 routes = EndpointTable("deployments")
 
-StopSignal = Literal["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2"]
-
-
-class HealthCheckIn(ApiModel):
-    """A health check. A start counts as running after the first passing check."""
-
-    type: Literal["http", "tcp"] = Field(default="http", description="HTTP GET (2xx/3xx passes) "
-                                         "or a TCP connect")
-    path: str = Field(default="/", max_length=2048, pattern=r"^/[^\s]*$",
-                      description="Path of the HTTP check")
-    port: int | None = Field(default=None, ge=1, le=65535,
-                             description="Port to check (default: the PORT the app was given)")
-    interval: float = Field(default=10.0, ge=0.1, le=3600, description="Seconds between checks")
-    timeout: float = Field(default=2.0, gt=0, le=300, description="Seconds a check may take")
-    threshold: int = Field(default=3, ge=1, le=1000,
-                           description="Failures in a row that make a running service unhealthy")
-    start_timeout: float = Field(default=60.0, gt=0, le=86_400,
-                                 description="Seconds a start may take to pass its first check")
-    restart: bool = Field(default=True, description="Restart a service that became unhealthy")
-
-    def to_domain(self) -> HealthCheck:
-        return HealthCheck(**self.model_dump())
-
-
-class RestartPolicyIn(ApiModel):
-    """When to restart a run that ended, and how fast (exponential backoff with jitter)."""
-
-    mode: Literal["always", "on-failure", "never"] = "always"
-    max_restarts: int = Field(default=10, ge=0, le=1_000_000,
-                              description="Consecutive failed runs before `crashed`; 0 = unlimited")
-    initial_delay: float = Field(default=1.0, ge=0, le=3600)
-    max_delay: float = Field(default=60.0, ge=0, le=86_400)
-    multiplier: float = Field(default=2.0, ge=1, le=100)
-    jitter: float = Field(default=0.1, ge=0, lt=1, description="Fraction of random spread")
-    reset_after: float = Field(default=60.0, ge=0, le=86_400,
-                               description="Seconds of uptime after which the streak resets")
-
-    @model_validator(mode="after")
-    def _delays(self) -> RestartPolicyIn:
-        if self.max_delay < self.initial_delay:
-            raise ValueError("max_delay must be at least initial_delay")
-        return self
-
-    def to_domain(self) -> RestartPolicy:
-        return RestartPolicy(**self.model_dump())
-
-
-class DeploymentCreate(ApiModel):
-    name: str = Field(pattern=DNS_LABEL, max_length=63, examples=["my-app"])
-    source: Literal["local", "remote", "image"] = Field(examples=["local"])
-    path: str | None = Field(default=None, min_length=1, max_length=4096,
-                             examples=["/srv/apps/my-app"])
-    run_cmd: str | None = Field(default=None, min_length=1, max_length=8192,
-                                examples=["python3 -m http.server $PORT"])
-    build_cmd: str | None = Field(default=None, min_length=1, max_length=8192)
-    port: int | None = Field(default=None, ge=1, le=65535,
-                             description="The app's declared (public) port")
-    fixed_port: bool = Field(default=False,
-                             description="Give the app PORT=<port> instead of a free port")
-    env: dict[str, str] = Field(default_factory=dict)
-    project_id: str | None = Field(default=None, max_length=64)
-    runtime: str | None = Field(default=None, max_length=64)
-    version: str | None = Field(default=None, max_length=64)
-    remote: str | None = Field(default=None, max_length=2048)
-    branch: str | None = Field(default=None, max_length=255)
-    image: str | None = Field(default=None, max_length=1024)
-    health_check: HealthCheckIn | None = None
-    restart: RestartPolicyIn | None = None
-    stop_signal: StopSignal = "SIGTERM"
-    stop_timeout: float = Field(default=10.0, ge=0, le=3600,
-                                description="Grace period in seconds before SIGKILL")
-
-    @field_validator("path", "run_cmd", "build_cmd", "remote", "branch", "image", "runtime",
-                     "version")
-    @classmethod
-    def _plain_text(cls, value: str | None) -> str | None:
-        if value is not None:
-            _check_text(value)
-        return value
-
-
-class Deployment(Resource):
-    id: str
-    name: str
-    project_id: str | None
-    source: str
-    runtime: str | None
-    version: str | None
-    remote: str | None
-    branch: str | None
-    path: str | None
-    image: str | None
-    build_cmd: str | None
-    run_cmd: str | None
-    port: int | None
-    fixed_port: bool
-    health_check: dict[str, Any] | None
-    restart: dict[str, Any] | None
-    stop_signal: str
-    stop_timeout: float
-    status: str = Field(description="pending | building | succeeded | failed")
-    status_detail: dict[str, Any] | None
-    service_id: str | None
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, d: DeploymentRecord) -> Deployment:
-        return cls(id=d.id, name=d.name, project_id=d.project_id, source=d.source,
-                   runtime=d.runtime, version=d.version, remote=d.remote, branch=d.branch,
-                   path=d.path, image=d.image, build_cmd=d.build_cmd, run_cmd=d.run_cmd,
-                   port=d.port, fixed_port=d.fixed_port, health_check=d.health_check,
-                   restart=d.restart, stop_signal=d.stop_signal, stop_timeout=d.stop_timeout,
-                   status=d.status, status_detail=d.status_detail, service_id=d.service_id,
-                   created_at=from_epoch(d.created_at), updated_at=from_epoch(d.updated_at))
-
-
-class DeploymentPage(Page[Deployment]):
-    pass
-
-
-def _check_text(value: str) -> None:
-    """Refuse what cannot reach a process or a path: NUL, and text that is not UTF-8."""
-    if "\0" in value:
-        raise ValueError("Must not contain a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("Must be valid UTF-8") from None
+_NOT_NULL = ("runtime", "remote", "branch", "fixed_port", "restart", "stop_signal",
+             "stop_timeout", "env")
 
 
 def _local(body: DeploymentCreate) -> LocalDeployment:
@@ -161,6 +39,10 @@ def _local(body: DeploymentCreate) -> LocalDeployment:
                              issue="Required for source 'local'")
     if body.fixed_port and body.port is None:
         raise InvalidRequest("Missing port", field="port", issue="Required with fixed_port")
+    for name in ("runtime", "version", "remote", "branch", "credentials"):
+        if getattr(body, name) is not None:
+            raise InvalidRequest(f"Unexpected {name}", field=name,
+                                 issue="Not used with source 'local'")
     return LocalDeployment(
         name=body.name, path=body.path, run_cmd=body.run_cmd, build_cmd=body.build_cmd,
         port=body.port, fixed_port=body.fixed_port, env=body.env, project_id=body.project_id,
@@ -169,37 +51,104 @@ def _local(body: DeploymentCreate) -> LocalDeployment:
         stop_signal=body.stop_signal, stop_timeout=body.stop_timeout)
 
 
+def _remote(body: DeploymentCreate) -> RemoteDeployment:
+    for name in ("path", "image"):
+        if getattr(body, name) is not None:
+            raise InvalidRequest(f"Unexpected {name}", field=name,
+                                 issue="Not used with source 'remote'")
+    if body.runtime is None:
+        raise InvalidRequest("Missing runtime", field="runtime",
+                             issue="Required for source 'remote': nodejs, python, go or static")
+    if body.remote is None:
+        raise InvalidRequest("Missing remote", field="remote",
+                             issue="Required for source 'remote': a git URL")
+    return RemoteDeployment(
+        name=body.name, runtime=body.runtime, remote=body.remote, version=body.version or "",
+        branch=body.branch or "main", build_cmd=body.build_cmd, run_cmd=body.run_cmd,
+        port=body.port, fixed_port=body.fixed_port, env=body.env, project_id=body.project_id,
+        health_check=body.health_check.to_domain() if body.health_check else None,
+        restart=body.restart.to_domain() if body.restart else RestartPolicy(),
+        stop_signal=body.stop_signal, stop_timeout=body.stop_timeout,
+        credentials=body.credentials.to_domain() if body.credentials else None)
+
+
 @routes.post("/v1/deployments", summary="Create a deployment", access="developer",
-             body=DeploymentCreate, response=Deployment, status=201, errors=(409,),
-             description="`source: \"local\"` (admin only) runs an app from a directory inside "
-                         "`[services] allowed_local_roots`; other sources are not supported by "
-                         "this agent version yet (400).")
-async def create_deployment(request: web.Request, body: DeploymentCreate) -> Deployment:
+             body=DeploymentCreate, response=Deployment, status=201, errors=(409, 503),
+             extra_responses={202: "A deployment from git: created, its first deploy queued"},
+             description="`source: \"remote\"` builds and runs an app from a git remote through "
+                         "the deploy pipeline: 202 with the deployment `queued`; follow its "
+                         "`status` and `GET /v1/deployments/{id}/logs`. `source: \"local\"` "
+                         "(admin only) runs an app from a directory inside `[services] "
+                         "allowed_local_roots`: 201. `image` is not supported yet (400).")
+async def create_deployment(request: web.Request, body: DeploymentCreate) -> web.StreamResponse:
+    deployments = request.app[DEPLOYMENTS_KEY]
+    if body.source == "remote":
+        deployment_id = await request.app[REMOTE_DEPLOYMENTS_KEY].create(_remote(body))
+        return _accepted(request, Deployment.of(deployments.get(deployment_id)))
     if body.source != "local":
         raise InvalidRequest("Unsupported source", field="source",
-                             issue="Only 'local' is supported by this agent version")
+                             issue="Supported by this agent version: 'remote' and 'local'")
     if not principal_of(request).allows("admin"):
         raise Forbidden("Local deployments need the admin role",
                         details={"required_role": "admin",
                                  "your_role": principal_of(request).role})
-    return Deployment.of(await request.app[DEPLOYMENTS_KEY].create_local(_local(body)))
+    created = Deployment.of(await deployments.create_local(_local(body)))
+    return json_response(created, 201)
 
 
-@routes.get("/v1/deployments", summary="List deployments", access="viewer", query=PageQuery,
-            response=DeploymentPage)
-async def list_deployments(request: web.Request, query: PageQuery) -> DeploymentPage:
-    items, cursor = request.app[DEPLOYMENTS_KEY].list(limit=query.limit, after=query.cursor)
+def _accepted(request: web.Request, deployment: Deployment) -> web.Response:
+    response = json_response(deployment, 202)
+    response.headers["Location"] = f"/v1/deployments/{deployment.id}"
+    return response
+
+
+@routes.get("/v1/deployments", summary="List deployments", access="viewer",
+            query=DeploymentsQuery, response=DeploymentPage,
+            description="Filters: `project_id`, `status`; pages by `limit` and `cursor`.")
+async def list_deployments(request: web.Request, query: DeploymentsQuery) -> DeploymentPage:
+    items, cursor = request.app[DEPLOYMENTS_KEY].list(
+        limit=query.limit, after=query.cursor, project_id=query.project_id, status=query.status)
     return DeploymentPage(data=[Deployment.of(d) for d in items], next_cursor=cursor)
 
 
 @routes.get("/v1/deployments/{id}", summary="Get a deployment", access="viewer",
-            response=Deployment)
+            response=Deployment, description="`{id}` is the id or the name. Shows the newest "
+                                             "run's stages and the release running now.")
 async def get_deployment(request: web.Request) -> Deployment:
     return Deployment.of(request.app[DEPLOYMENTS_KEY].get(request.match_info["id"]))
 
 
+@routes.put("/v1/deployments/{id}", summary="Update a deployment and deploy it",
+            access="developer", body=DeploymentUpdateIn, response=Deployment, status=202,
+            errors=(503,),
+            description="A partial update of a deployment from git: the fields given change, "
+                        "`env` sets the keys given (null removes one), then a new release is "
+                        "deployed (`{}` redeploys the branch's newest commit). Everything is "
+                        "validated first: a 400 names the field and changes nothing.")
+async def update_deployment(request: web.Request, body: DeploymentUpdateIn) -> web.StreamResponse:
+    deployments = request.app[DEPLOYMENTS_KEY]
+    current = deployments.get(request.match_info["id"])
+    given = body.model_fields_set
+    for name in _NOT_NULL:
+        if name in given and getattr(body, name) is None:
+            raise InvalidRequest(f"Invalid value for '{name}'", field=name,
+                                 issue="Must not be null")
+    values: dict[str, object] = {}
+    for name in given - {"env", "credentials"}:
+        value = getattr(body, name)
+        if name in ("health_check", "restart") and value is not None:
+            value = value.to_domain()
+        values[name] = "" if name == "version" and value is None else value
+    change = DeploymentUpdate(
+        values=values, env=body.env or {},
+        credentials=body.credentials.to_domain() if body.credentials else None,
+        credentials_given="credentials" in given)
+    await request.app[REMOTE_DEPLOYMENTS_KEY].update(current.id, change)
+    return _accepted(request, Deployment.of(deployments.get(current.id)))
+
+
 @routes.delete("/v1/deployments/{id}", summary="Delete a deployment", access="developer",
-               status=204, description="Stops its service and removes its env vars, logs and "
-                                       "files.")
+               status=204, description="Cancels its deploys, stops its service and removes "
+                                       "its releases, env vars, routes, logs and files.")
 async def delete_deployment(request: web.Request) -> None:
     await request.app[DEPLOYMENTS_KEY].delete(request.match_info["id"])

@@ -16,6 +16,7 @@ the response open and streams new lines as they are captured, across rotations a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Literal
 
 from aiohttp import web
@@ -27,9 +28,10 @@ from agent.errors import InvalidRequest
 from agent.keys import CLOCK_KEY, SUPERVISOR_KEY
 from agent.logs import LogLine, LogManager, LogReader, parse_since, tail
 from agent.logs.files import LogFiles
+from agent.logs.follow import LogSource
 from agent.logs.format import parse_line
 
-__all__ = ["routes"]
+__all__ = ["DEFAULT_TAIL", "Format", "choose_format", "respond_with_log", "routes"]
 
 routes = EndpointTable("services")
 
@@ -52,9 +54,10 @@ class LogsQuery(QueryModel):
                                                             "from Accept, else text)")
 
 
-def _format(request: web.Request, query: LogsQuery) -> Format:
-    if query.format is not None:
-        return query.format
+def choose_format(request: web.Request, chosen: Format | None) -> Format:
+    """The format asked for with ``format=``, else the one the Accept header prefers."""
+    if chosen is not None:
+        return chosen
     accept = request.headers.get("Accept", "")
     if "text/event-stream" in accept:
         return "sse"
@@ -96,12 +99,24 @@ async def get_logs(request: web.Request, query: LogsQuery) -> web.StreamResponse
     supervisor = request.app[SUPERVISOR_KEY]
     service = supervisor.get(request.match_info["id"])
     manager: LogManager = supervisor.logs()
-    files = manager.files(service.id)
-    fmt = _format(request, query)
-    since: bytes | None = None
-    if query.since is not None:
+    return await respond_with_log(
+        request, source=manager, key=service.id, end_seq=lambda: manager.seq(service.id),
+        tail_lines=query.tail, follow=query.follow, stream=query.stream, since=query.since,
+        fmt=choose_format(request, query.format))
+
+
+async def respond_with_log(request: web.Request, *, source: LogSource, key: str,
+                           end_seq: Callable[[], int], tail_lines: int | None, follow: bool,
+                           stream: str | None, since: str | None,
+                           fmt: Format) -> web.StreamResponse:
+    """Tail and/or follow the log ``key`` of ``source`` (stamped lines, see agent.logs) as the
+    module docstring describes: the same parameters for service logs and deployment logs.
+    ``end_seq`` gives the seq of the last line written."""
+    files = source.files(key)
+    since_stamp: bytes | None = None
+    if since is not None:
         try:
-            since = parse_since(query.since, request.app[CLOCK_KEY].time())
+            since_stamp = parse_since(since, request.app[CLOCK_KEY].time())
         except ValueError as exc:
             raise InvalidRequest("Invalid since", field="since", issue=str(exc)) from None
     last_event_id = request.headers.get("Last-Event-ID", "").strip()
@@ -114,20 +129,18 @@ async def get_logs(request: web.Request, query: LogsQuery) -> web.StreamResponse
     try:
         if resume is not None:
             start = resume
-        elif since is not None and query.tail is None:
-            start = await asyncio.to_thread(_first_seq_since, files, since,
-                                            manager.seq(service.id))
+        elif since_stamp is not None and tail_lines is None:
+            start = await asyncio.to_thread(_first_seq_since, files, since_stamp, end_seq())
         else:
-            end_seq = manager.seq(service.id)
-            count = DEFAULT_TAIL if query.tail is None else query.tail
-            lines = await asyncio.to_thread(tail, files, count, stream=query.stream, since=since)
+            last = end_seq()
+            count = DEFAULT_TAIL if tail_lines is None else tail_lines
+            lines = await asyncio.to_thread(tail, files, count, stream=stream, since=since_stamp)
             if lines:
                 await response.write(_render(lines, fmt))
-            start = max([end_seq, *(line.seq for line in lines)]) + 1
-            if not query.follow:
+            start = max([last, *(line.seq for line in lines)]) + 1
+            if not follow:
                 return response
-        reader = LogReader(manager, service.id, start, stream=query.stream,
-                           follow=query.follow, idle=_IDLE)
+        reader = LogReader(source, key, start, stream=stream, follow=follow, idle=_IDLE)
         async for batch in reader.batches():
             if batch:
                 await response.write(_render(batch, fmt))

@@ -121,6 +121,8 @@ def _operation(ep: Endpoint, schemas: dict[tuple[type[BaseModel], str], Any],
         success["content"] = {ct: {"schema": schema if ct == "application/json"
                                    else {"type": "string"}} for ct in ep.content_types}
     responses: dict[str, Any] = {str(ep.status): success}
+    for status, text in ep.extra_responses.items():  # other successes, same body
+        responses[str(status)] = {**success, "description": text}
     for status in _error_statuses(ep):
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
     op["responses"] = responses

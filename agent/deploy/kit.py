@@ -18,7 +18,7 @@ toolchains_dir``), ``apps/<service>/releases/``, ``apps/<service>/logs/deploy.lo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,12 @@ class DeployKit:
 
     @classmethod
     def from_config(cls, config: AgentConfig, *, clock: Clock, starter: ReleaseStarter,
-                    observer: RunObserver | None = None) -> DeployKit:
-        """Build the parts from ``[deploy]`` and ``[state]``."""
+                    observer: RunObserver | None = None,
+                    log_listener: Callable[[Path], None] | None = None,
+                    releases: ReleaseStore | None = None) -> DeployKit:
+        """Build the parts from ``[deploy]`` and ``[state]``. ``log_listener`` hears of every
+        write to a deployment log (to wake its followers); ``releases`` replaces the store
+        made from the config (``release_store``), when the starter needs the same one."""
         state = config.state.dir
         deploy = config.deploy
         toolchains_dir = Path(deploy.toolchains_dir) if deploy.toolchains_dir else state / "toolchains"
@@ -65,11 +69,17 @@ class DeployKit:
                              submodules=deploy.git_submodules)
         resolver = ToolchainResolver(toolchains_dir, provisioners=provisioners)
         builder = Builder(clock=clock, cache_dir=state / "cache", timeout=deploy.build_timeout)
-        releases = ReleaseStore(state / "apps", clock=clock, keep=deploy.keep_releases)
+        releases = releases or cls.release_store(config, clock)
         pipeline = Pipeline(fetcher=fetcher, toolchains=resolver, builder=builder, releases=releases,
-                            starter=starter, clock=clock, observer=observer)
+                            starter=starter, clock=clock, observer=observer,
+                            log_listener=log_listener)
         queue = DeployQueue(pipeline, max_concurrent=deploy.max_concurrent_deploys)
         return cls(config, fetcher, resolver, provisioner, builder, releases, pipeline, queue)
+
+    @staticmethod
+    def release_store(config: AgentConfig, clock: Clock) -> ReleaseStore:
+        """The release store of ``config``: ``<state>/apps``, keeping ``[deploy] keep_releases``."""
+        return ReleaseStore(config.state.dir / "apps", clock=clock, keep=config.deploy.keep_releases)
 
     def log_path(self, service: str) -> Path:
         """The deployment log of ``service`` (every run of it appends there)."""
@@ -90,12 +100,13 @@ class DeployKit:
 
     def spec(self, *, service: str, runtime: str, version: str, remote: Remote, branch: str,
              build_cmd: str = "", run_cmd: str = "", port: int | None = None,
-             env: Mapping[str, str] | None = None, deployment_id: str | None = None) -> DeploySpec:
+             env: Mapping[str, str] | None = None, deployment_id: str | None = None,
+             rollback_to: str | None = None) -> DeploySpec:
         """A ``DeploySpec`` logging to ``log_path(service)``."""
         return DeploySpec(service=service, runtime=runtime, version=version, remote=remote,
                           branch=branch, log_path=self.log_path(service), build_cmd=build_cmd,
                           run_cmd=run_cmd, port=port, env=dict(env or {}),
-                          deployment_id=deployment_id)
+                          deployment_id=deployment_id, rollback_to=rollback_to)
 
     async def close(self) -> None:
         """Stop the queue (runs in flight end failed) and close the registry session."""

@@ -10,7 +10,8 @@ last line when a run starts; runs of one service never overlap, the queue sees t
 ``timestamp`` is UTC with microseconds, fixed width. ``stream`` says where a line comes from:
 ``deploy`` (the pipeline's own notes), ``git``, ``toolchain`` or ``build``. Lines are written as
 they arrive, so a follower sees a build as it runs. A secret handed to
-``DeployLog(secrets=...)`` never reaches the file.
+``DeployLog(secrets=...)`` never reaches the file. ``on_write`` is called (on the event loop)
+after each write, so that followers of the log wake up at once.
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ def _last_seq(path: Path) -> int:
 class DeployLog:
     """Appends stamped lines to ``path`` (created 0600 with its parent dirs 0700)."""
 
-    def __init__(self, path: Path, clock: Clock, *, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, path: Path, clock: Clock, *, secrets: Iterable[str] = (),
+                 on_write: Callable[[Path], None] | None = None) -> None:
         self.path = path
         self._clock = clock
         self._secrets = tuple(s for s in secrets if s)
         self._seq: int | None = None
+        self._on_write = on_write
 
     def write(self, lines: Iterable[str], source: str = "deploy") -> None:
         """Append ``lines``, all stamped with the current time. Small writes: safe on the loop."""
@@ -88,6 +91,8 @@ class DeployLog:
             os.write(fd, data.encode("utf-8", errors="replace"))
         finally:
             os.close(fd)
+        if self._on_write is not None:
+            self._on_write(self.path)
 
     async def line(self, text: str) -> None:
         """Append one ``deploy`` line; usable as a ``LineSink``."""

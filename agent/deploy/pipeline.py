@@ -13,6 +13,10 @@ Stages (``agent.deploy.stages``), each recorded with its start and end time:
     gates it on health, switches traffic and stops the old one; then the release becomes
     ``current`` and old releases are pruned.
 
+A **rollback** run (``DeploySpec.rollback_to``) fetches and builds nothing: it goes from
+``queued`` straight to ``starting`` with an existing release, which the starter switches to
+with the release's own env snapshot (``StartRequest.rollback``).
+
 Any failure ends the run ``failed`` with the stage it failed in, a reason a user can act on and
 the exit code when a process gave one. A failure before ``starting`` never touches the running
 release (the draft is deleted); a failed start leaves the old release serving (the starter's
@@ -34,14 +38,14 @@ import structlog
 
 from agent.clock import Clock
 from agent.deploy.build import BuildResult, RuntimeEnv, default_build_cmd
-from agent.deploy.errors import BuildFailed, DeployError, scrub
+from agent.deploy.errors import BuildFailed, DeployError, StartFailed, scrub
 from agent.deploy.git import FetchResult
 from agent.deploy.logfile import DeployLog, LineSink
 from agent.deploy.releases import Release, ReleaseDraft, ReleaseStore
 from agent.deploy.remote import Remote
 from agent.deploy.stages import TERMINAL_STAGES, Stage, check_transition
 from agent.deploy.toolchains import Toolchain
-from agent.errors import InvalidRequest
+from agent.errors import InvalidRequest, NotFound
 from agent.ids import new_id
 
 __all__ = [
@@ -66,6 +70,8 @@ class DeploySpec:
     """What to deploy. ``remote`` is validated (``validate_remote``) and may carry credentials.
 
     ``log_path`` is the deployment's log file; ``deployment_id`` is opaque to the pipeline.
+    ``rollback_to`` names an existing release to switch back to (nothing is fetched or built;
+    ``remote``, ``branch`` and ``env`` are then only informative).
     """
 
     service: str
@@ -80,6 +86,7 @@ class DeploySpec:
     env: Mapping[str, str] = field(default_factory=dict)
     deployment_id: str | None = None
     build_timeout: float | None = None
+    rollback_to: str | None = None
 
 
 @dataclass(slots=True)
@@ -114,11 +121,17 @@ class DeployRun:
     toolchain: Toolchain | None = None
     superseded_by: str | None = None
     finished_at: float | None = None
+    cancel_reason: str | None = None  # why a cancellation ends it (default: the agent stopped)
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def service(self) -> str:
         return self.spec.service
+
+    @property
+    def kind(self) -> str:
+        """``deploy`` or ``rollback``."""
+        return "rollback" if self.spec.rollback_to else "deploy"
 
     @property
     def finished(self) -> bool:
@@ -128,7 +141,8 @@ class DeployRun:
         """A JSON-safe view. Holds no secret: the remote has no credentials, env only its keys."""
         failure = self.failure
         return {
-            "id": self.id, "service": self.service, "deployment_id": self.spec.deployment_id,
+            "id": self.id, "kind": self.kind, "service": self.service,
+            "deployment_id": self.spec.deployment_id,
             "status": str(self.status), "remote": self.spec.remote.url, "branch": self.spec.branch,
             "runtime": self.spec.runtime, "version": self.spec.version,
             "toolchain": self.toolchain.to_dict() if self.toolchain else None,
@@ -159,6 +173,7 @@ class StartRequest:
     port: int | None
     log: DeployLog
     deployment_id: str | None = None
+    rollback: bool = False  # switching back: ``env`` is the release's snapshot, to be restored
 
 
 class ReleaseStarter(Protocol):
@@ -202,7 +217,8 @@ class Pipeline:
 
     def __init__(self, *, fetcher: SourceFetcher, toolchains: ToolchainSource, builder: BuildRunner,
                  releases: ReleaseStore, starter: ReleaseStarter, clock: Clock,
-                 observer: RunObserver | None = None) -> None:
+                 observer: RunObserver | None = None,
+                 log_listener: Callable[[Path], None] | None = None) -> None:
         self._fetcher = fetcher
         self._toolchains = toolchains
         self._builder = builder
@@ -210,6 +226,7 @@ class Pipeline:
         self._starter = starter
         self._clock = clock
         self._observer = observer
+        self._log_listener = log_listener
 
     def new_run(self, spec: DeploySpec) -> DeployRun:
         """A run in ``queued`` (its first stage record opened now)."""
@@ -255,9 +272,12 @@ class Pipeline:
         """Run ``run`` (in ``queued``) to the end. Never raises, except ``CancelledError``."""
         spec = run.spec
         secrets = spec.remote.credentials.secrets() if spec.remote.credentials else ()
-        dlog = DeployLog(spec.log_path, self._clock, secrets=secrets)
+        dlog = DeployLog(spec.log_path, self._clock, secrets=secrets, on_write=self._log_listener)
         draft: ReleaseDraft | None = None
         try:
+            if spec.rollback_to:
+                await self._roll_back(run, dlog)
+                return run
             await self.transition(run, Stage.CLONING)
             dlog.write([f"deploy {run.id}: {spec.service} ({spec.runtime} "
                         f"{spec.version or 'newest'}) from {spec.remote.url} branch {spec.branch}"])
@@ -286,8 +306,9 @@ class Pipeline:
             await self._fail_logged(run, dlog, issue, None, "invalid_request")
         except asyncio.CancelledError:
             if not run.finished:
-                await asyncio.shield(self._fail_logged(
-                    run, dlog, "The agent stopped during the deploy; deploy again", None, "interrupted"))
+                reason = run.cancel_reason or "The agent stopped during the deploy; deploy again"
+                code = "cancelled" if run.cancel_reason else "interrupted"
+                await asyncio.shield(self._fail_logged(run, dlog, reason, None, code))
             raise
         except Exception as exc:
             log.error("deploy_internal_error", run_id=run.id, stage=str(run.status),
@@ -301,6 +322,31 @@ class Pipeline:
                 if run.status == Stage.FAILED:
                     run.release_id = None
         return run
+
+    async def _roll_back(self, run: DeployRun, dlog: DeployLog) -> None:
+        """queued -> starting -> succeeded with an existing release (raises like ``execute``)."""
+        spec = run.spec
+        await self.transition(run, Stage.STARTING)
+        try:
+            release = await self._releases.get(spec.service, spec.rollback_to or "")
+        except NotFound:
+            raise StartFailed(f"Release {spec.rollback_to} no longer exists (only the last "
+                              "[deploy] keep_releases are kept); pick one from the releases "
+                              "list") from None
+        run.release_id, run.commit = release.id, release.commit
+        toolchain = release.toolchain
+        run.toolchain = Toolchain(str(toolchain.get("runtime") or spec.runtime),
+                                  str(toolchain.get("version") or ""),
+                                  source=toolchain.get("source") or "none")
+        dlog.write([f"rollback {run.id}: {spec.service} to release {release.id} "
+                    f"(commit {release.commit}); nothing to fetch or build"])
+        await self._starter.start(StartRequest(
+            run_id=run.id, service=spec.service, release=release, env=release.env,
+            runtime_env=release.runtime_env, run_cmd=release.run_cmd, port=release.port,
+            log=dlog, deployment_id=spec.deployment_id, rollback=True))
+        await self._releases.mark_current(spec.service, release.id)
+        dlog.write([f"release {release.id} (commit {release.commit}) is live again"])
+        await self.transition(run, Stage.SUCCEEDED)
 
     async def _build(self, run: DeployRun, draft: ReleaseDraft, dlog: DeployLog) -> Release:
         spec = run.spec

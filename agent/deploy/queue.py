@@ -79,6 +79,22 @@ class DeployQueue:
         self._pump()
         return run
 
+    async def cancel(self, service: str, reason: str) -> None:
+        """End every run of ``service``: a waiting one fails at once, a running one is
+        cancelled (it fails with ``reason``, code ``cancelled``) and waited for."""
+        pending = self._pending.pop(service, None)
+        if pending is not None:
+            self._order.remove(service)
+            await self._pipeline.fail(pending, reason, code="cancelled")
+        running = self._running.get(service)
+        if running is not None:
+            run, task = running
+            run.cancel_reason = reason
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if not run.finished:  # cancelled before its first step
+                await self._pipeline.fail(run, reason, code="cancelled")
+
     async def wait(self, run: DeployRun) -> DeployRun:
         """Wait until ``run`` is finished (succeeded, failed or superseded)."""
         await run.done.wait()

@@ -7,7 +7,9 @@
        |         +-----------+-----------+----> failed      (with stage, reason, exit code)
        +----------------------------------------> failed      (agent stopped before it ran)
        +----------------------------------------> superseded  (a newer deploy of the service
-                                                               replaced it while it waited)
+       |                                                       replaced it while it waited)
+       +------------------------> starting                    (a rollback: nothing to fetch
+                                                               or build)
 
 ``superseded`` is not a failure: nothing was tried. A running deploy is never superseded; the
 newer one waits for it.
@@ -38,7 +40,7 @@ class Stage(StrEnum):
 
 
 TRANSITIONS: dict[Stage, frozenset[Stage]] = {
-    Stage.QUEUED: frozenset({Stage.CLONING, Stage.FAILED, Stage.SUPERSEDED}),
+    Stage.QUEUED: frozenset({Stage.CLONING, Stage.STARTING, Stage.FAILED, Stage.SUPERSEDED}),
     Stage.CLONING: frozenset({Stage.BUILDING, Stage.FAILED}),
     Stage.BUILDING: frozenset({Stage.STARTING, Stage.FAILED}),
     Stage.STARTING: frozenset({Stage.SUCCEEDED, Stage.FAILED}),

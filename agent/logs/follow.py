@@ -19,26 +19,40 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.logs.files import LogFiles
 from agent.logs.format import LogLine, parse_line
-from agent.logs.manager import LogManager
 
-__all__ = ["LogReader"]
+__all__ = ["LogReader", "LogSource"]
+
+
+class LogSource(Protocol):
+    """Where a reader finds a log's files and hears of new lines: ``LogManager`` for service
+    logs, the deployment logs' notifier for deploy logs."""
+
+    def files(self, key: str) -> LogFiles:
+        """The log's files."""
+        ...
+
+    def changed(self, key: str) -> asyncio.Event | None:
+        """An event set at the next write; None once the log is closed (followers end)."""
+        ...
 
 _CHUNK = 256 * 1024
 
 
 @dataclass
 class LogReader:
-    """Lines of one service with seq >= ``start_seq``, oldest first, in batches.
+    """Lines of one log (``manager`` is its source, ``service_id`` its key) with seq >=
+    ``start_seq``, oldest first, in batches.
 
     ``follow=False`` stops at the current end of the log; ``follow=True`` goes on until the
     service's log is closed or the agent stops, yielding an empty batch every ``idle``
     seconds without lines (so that callers can send keep-alives or notice a gone client).
     """
 
-    manager: LogManager
+    manager: LogSource
     service_id: str
     start_seq: int
     stream: str | None = None

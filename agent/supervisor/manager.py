@@ -7,7 +7,8 @@ Other parts of the agent use only these methods:
   in a thread, cached for ``stats_max_age`` seconds);
 - ``sample()``: resource use of every running service in one pass (for metrics);
 - ``start`` / ``stop`` / ``restart`` (optionally waiting, bounded, for a settled state);
-- ``add`` / ``remove`` when a deployment is created or deleted.
+- ``add`` / ``remove`` when a deployment is created or deleted;
+- ``replace`` when a deploy or a rollback switches a service to another release.
 
 On ``open`` it loads every service, re-adopts every live run (same pid, no restart), kills
 strays, and resumes what the agent was doing. On ``close`` it stops watching and leaves every
@@ -34,6 +35,7 @@ from agent.supervisor.recovery import recover
 from agent.supervisor.runtime import Handle, LogPaths, RunSpec, Runtime, TreeStats
 from agent.supervisor.states import ACTIVE_STATES
 from agent.supervisor.store import ServiceRecord, load_services
+from agent.supervisor.switch import Replacement, SwitchResult, replace
 from agent.supervisor.unit import ServiceUnit, UnitContext
 from agent.supervisor.views import ServiceInfo, ServiceStatus
 
@@ -61,7 +63,7 @@ class Supervisor:
     def __init__(self, db: Database, clock: Clock, config: ServicesConfig, *, apps_dir: Path,
                  logs: LogManager, env: EnvService, runtimes: Mapping[str, Runtime],
                  base_env: Mapping[str, str] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, build_timeout: float = 1800.0) -> None:
         self._db = db
         self._clock = clock
         self._config = config
@@ -71,6 +73,7 @@ class Supervisor:
         self._runtimes = dict(runtimes)
         self._base_env = base_env
         self._rng = rng or random.Random()
+        self._build_timeout = build_timeout
         self._units: dict[str, ServiceUnit] = {}
         self._names: dict[str, str] = {}
         self._samples: dict[str, _Sample] = {}
@@ -90,7 +93,7 @@ class Supervisor:
                 base_env.setdefault("PATH", _DEFAULT_PATH)
             ctx = UnitContext(db=self._db, clock=self._clock, runtime=runtime, logs=self._logs,
                               env=self._env, config=self._config, base_env=base_env,
-                              rng=self._rng)
+                              rng=self._rng, build_timeout=self._build_timeout)
             self._ctx[runtime_kind] = ctx
         return ctx
 
@@ -280,6 +283,12 @@ class Supervisor:
         unit = self._unit(key)
         await unit.restart()
         return await self._settle(unit, wait)
+
+    async def replace(self, key: str, replacement: Replacement) -> SwitchResult:
+        """Replace the service's run with one from another release (a deploy or a rollback):
+        zero downtime unless it has a fixed port; see ``agent.supervisor.switch``. Raises
+        ``SwitchFailed`` with a reason for users; the current run then keeps serving."""
+        return await replace(self._unit(key), replacement)
 
     async def _settle(self, unit: ServiceUnit, wait: float | None) -> ServiceInfo:
         if wait:

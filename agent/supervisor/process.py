@@ -160,7 +160,7 @@ class ProcessRuntime:
         if spec.cwd is None or not spec.cwd.is_dir():
             raise RuntimeFailure(f"the working directory {spec.cwd} does not exist")
         spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        status_file = spec.run_dir / f"{spec.kind}.exit"
+        status_file = spec.run_dir / f"{spec.name_of_run}.exit"
         status_file.unlink(missing_ok=True)
         _stop_marker(status_file).unlink(missing_ok=True)
         marker = "dployr-build" if spec.kind == "build" else "dployr-app"
@@ -223,8 +223,8 @@ class ProcessRuntime:
         Finds runs an earlier agent started but could not record (it died right after the
         spawn), and duplicates; keyed by service id.
         """
-        wanted = {str(spec.run_dir / f"{kind}.exit"): spec.service_id
-                  for spec in specs for kind in ("app", "build")}
+        # Any status file in a service's run dir: "app", "build", and a switch's candidate.
+        wanted = {str(spec.run_dir): spec.service_id for spec in specs}
 
         def scan() -> list[tuple[str, int, int, str]]:
             found = []
@@ -232,9 +232,11 @@ class ProcessRuntime:
                 if proc.zombie or proc.pid != proc.session:
                     continue
                 argv = procfs.read_cmdline(proc.pid)
-                if len(argv) >= 7 and argv[0] == _SHELL and argv[3] in _MARKERS \
-                        and argv[5] in wanted:
-                    found.append((wanted[argv[5]], proc.pid, proc.start_ticks, argv[5]))
+                if len(argv) < 7 or argv[0] != _SHELL or argv[3] not in _MARKERS:
+                    continue
+                run_dir = str(Path(argv[5]).parent)
+                if argv[5].endswith(".exit") and run_dir in wanted:
+                    found.append((wanted[run_dir], proc.pid, proc.start_ticks, argv[5]))
             return found
 
         result: dict[str, list[Handle]] = {}

@@ -7,6 +7,8 @@ steps the unit uses for its own commands.
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 
 from agent.supervisor import procfs
@@ -33,6 +35,8 @@ async def _recover(unit: ServiceUnit, strays: list[Handle]) -> None:
     r = unit.r
     runtime = unit._ctx.runtime
     spec = unit._spec()
+    if r.pending_run:
+        await _end_pending(unit, r.pending_run)
     for stray in strays:
         if r.handle is None or stray.pid != r.handle.pid:
             log.warning("service_stray_run_killed", service_id=r.id, pid=stray.pid)
@@ -66,6 +70,24 @@ async def _recover(unit: ServiceUnit, strays: list[Handle]) -> None:
     if unit.r.state is S.STOPPED or (rebooted and unit.r.state in (S.BACKOFF, S.CRASHED,
                                                                     S.FAILED)):
         unit._spawn(unit._command(unit._start))
+
+async def _end_pending(unit: ServiceUnit, pending: dict[str, Any]) -> None:
+    """A switch was interrupted by the agent's end: stop its candidate (the deploy failed;
+    the recorded run keeps serving) or the old run it was retiring (the switch was done)."""
+    r = unit.r
+    for key in ("handle", "retiring"):
+        text = pending.get(key)
+        if not text:
+            continue
+        handle = Handle.from_json(text)
+        if (await unit._ctx.runtime.adopt(handle, unit._spec())).alive:
+            log.info("service_switch_leftover_stopped", service_id=r.id, pid=handle.pid, role=key)
+            await unit._ctx.runtime.stop(handle, r.stop_signal, r.stop_timeout)
+            what = "new release" if key == "handle" else "replaced release"
+            await unit._note(f"the agent restarted during a switch: stopped the {what} "
+                             f"(pid {handle.pid})")
+    await unit._commit(pending_run=None)
+
 
 def _adopted(unit: ServiceUnit) -> None:
     """The persisted run is alive: watch it again, or finish what was being done."""

@@ -95,6 +95,12 @@ class RunSpec:
     image: str | None = None
     kind: str = "app"            # "app" or "build": a build is a separate, waited-for run
     limits: Mapping[str, Any] = field(default_factory=dict)
+    run_name: str = ""           # tells apart two runs alive at once (a switch): default `kind`
+
+    @property
+    def name_of_run(self) -> str:
+        """The name of this run among the service's runs (its status file, its container)."""
+        return self.run_name or self.kind
 
 
 @dataclass(frozen=True, slots=True)

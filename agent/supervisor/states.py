@@ -16,6 +16,16 @@ Imports nothing of ours, so every part of the agent may use it. ::
 
 ``desired_state`` (running or stopped) is separate: it is what the user asked for and is
 persisted, so a stopped service stays stopped across agent restarts and reboots.
+
+**Replacing the run** (a deploy or a rollback switching to another release) has its own table,
+``REPLACE_PLANS``: from a state whose run serves or is coming up (``running``, ``unhealthy``,
+``starting``) the candidate starts *beside* the current run and, once it passed its health gate,
+takes its place in one step (``running -> running``, a ``service.started`` for the new run)
+before the old run is stopped; from a state without a process (``stopped``, ``backoff``,
+``crashed``, ``failed``) the candidate is an ordinary start (``-> starting -> running``, or
+``-> failed`` when it does not pass the gate). ``stopping`` is never seen by a replace: it
+happens only inside a command, under the same lock. With a fixed port the two runs cannot
+listen at once: the current run is stopped first (``-> stopping -> starting``).
 """
 
 from __future__ import annotations
@@ -24,13 +34,16 @@ import enum
 
 __all__ = [
     "ACTIVE_STATES",
+    "REPLACE_PLANS",
     "RUNNING_STATES",
     "SETTLED_STATES",
     "TRANSITIONS",
     "DesiredState",
     "IllegalTransition",
+    "ReplacePlan",
     "ServiceState",
     "check_transition",
+    "replace_plan",
 ]
 
 
@@ -77,6 +90,25 @@ SETTLED_STATES: frozenset[ServiceState] = frozenset(
     {S.RUNNING, S.UNHEALTHY, S.STOPPED, S.BACKOFF, S.CRASHED, S.FAILED})
 
 
+class ReplacePlan(enum.StrEnum):
+    """How a run is replaced by a candidate, given the service's state."""
+
+    BESIDE = "beside"    # start the candidate beside the current run, switch, stop the old one
+    FRESH = "fresh"      # no process: start the candidate as an ordinary start
+
+
+#: For each state, how a replace goes. A state not listed cannot be replaced (a bug).
+REPLACE_PLANS: dict[ServiceState, ReplacePlan] = {
+    S.RUNNING: ReplacePlan.BESIDE,
+    S.UNHEALTHY: ReplacePlan.BESIDE,
+    S.STARTING: ReplacePlan.BESIDE,
+    S.STOPPED: ReplacePlan.FRESH,
+    S.BACKOFF: ReplacePlan.FRESH,
+    S.CRASHED: ReplacePlan.FRESH,
+    S.FAILED: ReplacePlan.FRESH,
+}
+
+
 class IllegalTransition(RuntimeError):
     """A transition that the table does not allow was attempted (a programming error)."""
 
@@ -85,3 +117,14 @@ def check_transition(current: ServiceState, new: ServiceState) -> None:
     """Raise IllegalTransition unless ``current -> new`` is in TRANSITIONS."""
     if new not in TRANSITIONS[current]:
         raise IllegalTransition(f"{current.value} -> {new.value} is not allowed")
+
+
+def replace_plan(current: ServiceState, *, has_run: bool) -> ReplacePlan:
+    """How to replace the run of a service in ``current``; IllegalTransition for ``stopping``.
+
+    ``has_run``: whether a process exists (``starting`` has none while a local build runs).
+    """
+    plan = REPLACE_PLANS.get(current)
+    if plan is None:
+        raise IllegalTransition(f"cannot replace the run of a service that is {current.value}")
+    return plan if has_run else ReplacePlan.FRESH

@@ -96,6 +96,9 @@ class ServiceRecord:
     created_at: float
     updated_at: float
     last_exit: ExitRecord | None = field(default=None)
+    release_id: str | None = None
+    run_env: dict[str, Any] | None = None      # {"path_dirs": [...], "variables": {...}}
+    pending_run: dict[str, Any] | None = None  # the candidate of a switch in progress
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ServiceRecord:
@@ -114,7 +117,9 @@ class ServiceRecord:
             health_check=HealthCheck.from_dict(_json(row["health_check"])),
             stop_signal=_signal(row["stop_signal"]), stop_timeout=float(row["stop_timeout"]),
             limits=_json(row["limits"]) or {}, deployment_status=row["deployment_status"],
-            created_at=row["created_at"], updated_at=row["updated_at"])
+            created_at=row["created_at"], updated_at=row["updated_at"],
+            release_id=row["release_id"], run_env=_json(row["run_env"]),
+            pending_run=_json(row["pending_run"]))
 
     @property
     def pid(self) -> int | None:
@@ -155,20 +160,23 @@ def load_last_exit(conn: sqlite3.Connection, service_id: str) -> ExitRecord | No
                       stderr_tail=tuple(json.loads(row["stderr_tail"])))
 
 
-_COLUMNS = {"desired_state", "state", "handle", "listen_port", "started_at", "restart_count",
-            "attempt", "next_restart_at", "needs_build", "boot_id", "command", "cwd"}
-
-
 def update_service(tx: Tx, record: ServiceRecord, now: float) -> None:
     """Write the record's mutable fields."""
     tx.execute(
         "UPDATE services SET desired_state = ?, state = ?, handle = ?, listen_port = ?,"
         " started_at = ?, restart_count = ?, attempt = ?, next_restart_at = ?,"
-        " needs_build = ?, boot_id = ?, updated_at = ? WHERE id = ?",
+        " needs_build = ?, boot_id = ?, command = ?, cwd = ?, release_id = ?, run_env = ?,"
+        " pending_run = ?, updated_at = ? WHERE id = ?",
         (record.desired.value, record.state.value,
          record.handle.to_json() if record.handle else None, record.listen_port,
          record.started_at, record.restart_count, record.attempt, record.next_restart_at,
-         int(record.needs_build), record.boot_id, now, record.id))
+         int(record.needs_build), record.boot_id, record.command,
+         str(record.cwd) if record.cwd is not None else None, record.release_id,
+         _dump(record.run_env), _dump(record.pending_run), now, record.id))
+
+
+def _dump(value: dict[str, Any] | None) -> str | None:
+    return json.dumps(value, sort_keys=True) if value is not None else None
 
 
 def insert_exit(tx: Tx, service_id: str, exit: ExitRecord) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import random
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -29,7 +30,7 @@ from agent.env import EnvService
 from agent.logs.manager import LogManager
 from agent.store import Database, Tx
 from agent.supervisor import procfs
-from agent.supervisor.build import run_build
+from agent.supervisor.build import build_local
 from agent.supervisor.health import HealthState, judge, probe
 from agent.supervisor.runtime import (
     ExitStatus,
@@ -56,7 +57,7 @@ from agent.supervisor.store import (
 )
 from agent.supervisor.views import ServiceInfo
 
-__all__ = ["ServiceUnit", "UnitContext"]
+__all__ = ["ServiceUnit", "UnitContext", "free_port", "run_environment"]
 
 log = structlog.get_logger("agent.supervisor")
 
@@ -77,12 +78,28 @@ class UnitContext:
     config: ServicesConfig
     base_env: Mapping[str, str]
     rng: random.Random
+    build_timeout: float = 1800.0   # [deploy] build_timeout: local builds obey it too
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (a run's ``PORT``)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def run_environment(base: Mapping[str, str], variables: Mapping[str, str],
+                    run_env: Mapping[str, Any] | None, port: int) -> dict[str, str]:
+    """A run's environment: ``base``, the service's ``variables``, what its release adds
+    (``run_env``: ``path_dirs`` put first on ``PATH``, ``variables``), then ``PORT``."""
+    env = {**base, **variables}
+    if run_env:
+        env.update(run_env.get("variables") or {})
+        dirs = [str(d) for d in run_env.get("path_dirs") or ()]
+        if dirs:
+            env["PATH"] = os.pathsep.join([*dirs, env.get("PATH", "")]).rstrip(os.pathsep)
+    env["PORT"] = str(port)
+    return env
 
 
 class ServiceUnit:
@@ -121,7 +138,8 @@ class ServiceUnit:
             health=self.health.status if r.state in ACTIVE_STATES or self.health.status == "none"
             else "unknown",
             next_restart_at=r.next_restart_at if r.state is S.BACKOFF else None,
-            created_at=r.created_at, updated_at=r.updated_at)
+            created_at=r.created_at, updated_at=r.updated_at, release_id=r.release_id,
+            cwd=r.cwd)
 
     async def wait_settled(self, limit: float) -> None:
         """Wait (at most ``limit`` seconds) until the service is in a settled state and no command
@@ -251,10 +269,8 @@ class ServiceUnit:
                        stop_signal=r.stop_signal, image=r.image, kind=kind, limits=r.limits)
 
     def _env(self, port: int) -> dict[str, str]:
-        env = dict(self._ctx.base_env)
-        env.update(self._ctx.env.mapping(self.r.id))
-        env["PORT"] = str(port)
-        return env
+        return run_environment(self._ctx.base_env, self._ctx.env.mapping(self.r.id),
+                               self.r.run_env, port)
 
     async def _launch(self, begun: Begun | None, *, fresh: bool) -> None:
         """Build if needed, then spawn a run and move to ``starting``."""
@@ -263,10 +279,12 @@ class ServiceUnit:
         restart_count = 0 if fresh else r.restart_count
         if r.needs_build and r.build_cmd and not await self._build(begun):
             return
-        port = r.port if r.fixed_port and r.port else _free_port()
+        port = r.port if r.fixed_port and r.port else free_port()
         spec = dataclasses.replace(self._spec(), env=self._env(port))
         await self._ctx.logs.reset_raw(r.id)
         try:
+            if r.cwd is None and r.image is None:
+                raise RuntimeFailure("no release of this service has been deployed yet")
             handle = await self._ctx.runtime.start(spec)
         except RuntimeFailure as exc:
             exit = ExitRecord(exited_at=self._ctx.clock.time(), status=ExitStatus(),
@@ -290,40 +308,7 @@ class ServiceUnit:
 
     async def _build(self, begun: Begun | None) -> bool:
         """Run the deployment's build_cmd once; True when it succeeded."""
-        r = self.r
-        if r.state is not S.STARTING:
-            await self._commit(S.STARTING, desired=DesiredState.RUNNING, handle=None,
-                               deployment=("building", None, None))
-        if begun is not None and not begun.done():
-            begun.set_result(None)
-        await self._ctx.logs.reset_raw(r.id)
-        await self._note(f"build: {r.build_cmd}")
-        spec = dataclasses.replace(self._spec(kind="build", command=r.build_cmd),
-                                   env={**self._ctx.base_env, **self._ctx.env.mapping(r.id)})
-        started = self._ctx.clock.time()
-        self._ctx.logs.set_live(r.id, True)
-        try:
-            status, reason = await run_build(
-                self._ctx.runtime, spec, limit=self._ctx.config.build_timeout,
-                halt=self._halt, stop_signal=r.stop_signal, stop_timeout=r.stop_timeout)
-        except RuntimeFailure as exc:
-            status, reason = ExitStatus(), "build_failed"
-            await self._note(f"build could not start: {exc}")
-        self._ctx.logs.set_live(r.id, False)
-        await self._ctx.logs.reset_raw(r.id)
-        if status.success:
-            await self._commit(needs_build=False)
-            await self._note("build succeeded")
-            return True
-        exit = ExitRecord(exited_at=self._ctx.clock.time(), status=status, reason=reason,
-                          started_at=started, stderr_tail=tuple(self._ctx.logs.stderr_tail(r.id)))
-        detail = {"build_failed": f"build {status.describe()}", "build_timeout": "build timed out",
-                  "build_stopped": "build stopped"}[reason]
-        await self._commit(S.FAILED, event="service.crashed",
-                           data={**exit.event_data(), "restarting": False}, exit=exit,
-                           deployment=self._deployment_failed(detail))
-        await self._note(f"build failed: {status.describe()}")
-        return False
+        return await build_local(self, begun)
 
     def _deployment_succeeded(self) -> tuple[str, dict[str, Any] | None, str | None] | None:
         if self.r.deployment_status in ("pending", "building"):
@@ -478,8 +463,9 @@ class ServiceUnit:
     async def _commit(self, state: ServiceState | None = None, *, event: str | None = None,
                       data: dict[str, Any] | None = None, exit: ExitRecord | None = None,
                       deployment: tuple[str, dict[str, Any] | None, str | None] | None = None,
-                      **changes: Any) -> None:
-        """Change state and fields in one transaction with the event; then in memory."""
+                      also: Callable[[Tx], None] | None = None, **changes: Any) -> None:
+        """Change state and fields in one transaction with the event; then in memory.
+        ``also`` writes more in the same transaction."""
         r = self.r
         new_state = state or r.state
         if new_state is not r.state:
@@ -500,6 +486,8 @@ class ServiceUnit:
                                         "service_id": r.id, **(detail or {})})
             if event is not None:
                 tx.emit(event, {**base, **(data or {})})
+            if also is not None:
+                also(tx)
 
         await self._ctx.db.write(write)
         new.updated_at = now

@@ -8,6 +8,7 @@ added, never renamed or removed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.supervisor.health import HealthState
 from agent.supervisor.states import DesiredState, ServiceState
@@ -41,6 +42,8 @@ class ServiceInfo:
     next_restart_at: float | None
     created_at: float
     updated_at: float
+    release_id: str | None = None  # the release the current run was started from (git deploys)
+    cwd: Path | None = None        # where the current run works; a static site's root
 
 
 @dataclass(frozen=True, slots=True)

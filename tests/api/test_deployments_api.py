@@ -64,7 +64,7 @@ async def test_without_allowed_roots_local_deployments_are_disabled(client: Clie
 
 
 async def test_create_validation_and_unsupported_sources(svc: Harness) -> None:
-    """Missing fields, bad names, fixed_port without port, other sources: 400; a taken name 409."""
+    """Missing or misplaced fields, bad names, unsupported sources: 400; a taken name 409."""
     path = svc.apps_root / "v"
     path.mkdir()
     checks: list[tuple[dict[str, Any], str]] = [
@@ -77,7 +77,9 @@ async def test_create_validation_and_unsupported_sources(svc: Harness) -> None:
         ({**_body(path), "restart": {"mode": "sometimes"}}, "restart.mode"),
         ({**_body(path), "restart": {"initial_delay": 5, "max_delay": 1}}, "restart"),
         ({**_body(path), "health_check": {"type": "http", "path": "no-slash"}}, "health_check.path"),
-        ({"name": "r", "source": "remote", "remote": "https://example.com/x.git"}, "source"),
+        ({"name": "r", "source": "image", "image": "nginx:1"}, "source"),
+        ({"name": "r", "source": "remote", "remote": "https://example.com/x.git"}, "runtime"),
+        ({**_body(path), "remote": "https://example.com/x.git"}, "remote"),
         ({**_body(path), "project_id": "prj_nope"}, "project_id"),
         ({**_body(path), "run_cmd": "echo a\u0000b"}, "run_cmd"),
         ({**_body(path), "path": "/srv/\u0000x"}, "path"),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.conftest import bearer, login
 from tests.support.deploy import Rig, make_rig
+from tests.support.gitdeploy import Deployer
 from tests.support.git import GitDaemon, GitRepo, SmartHttpGit
+from tests.support.services import kill_apps
 
 
 @pytest.fixture
@@ -58,3 +62,20 @@ async def rig(tmp_path: Path, shared_toolchains: Path) -> AsyncIterator[Rig]:
     """A pipeline of real parts with a FakeStarter, recording every status change."""
     async with make_rig(tmp_path, shared_toolchains) as built:
         yield built
+
+
+@pytest.fixture
+async def deployer(make_client: Callable[..., Any], state_dir: Path,
+                   shared_toolchains: Path) -> AsyncIterator[Deployer]:
+    """An agent that deploys from git:// and file:// remotes, with the session's toolchains;
+    every app it started is killed after the test."""
+    client = await make_client(
+        deploy={"allowed_schemes": ["git", "file", "http", "https"],
+                "toolchains_dir": str(shared_toolchains), "start_timeout": 30.0},
+        services={"startup_seconds": 0.2})
+    headers = bearer((await login(client))["access_token"])
+    try:
+        yield Deployer(client, headers, state_dir)
+    finally:
+        await client.close()
+        kill_apps(state_dir)

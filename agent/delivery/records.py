@@ -7,7 +7,8 @@ Every change of a run (``agent.deploy.pipeline.DeployRun``) is written in one tr
 * the deployment's ``status`` and ``status_detail`` when the run is the deployment's newest
   (a newly queued run always is; a run superseded meanwhile no longer is);
 * the event, when the run ended: ``deployment.succeeded`` (a deploy),
-  ``deployment.rolled_back`` (a rollback) or ``deployment.failed`` (with stage and reason).
+  ``deployment.rolled_back`` (a rollback) or ``deployment.failed`` (with stage and reason;
+  none for a run cancelled because its deployment is being deleted).
 
 After an agent restart, runs that were in flight are settled (``recover``): a run caught
 while ``starting`` whose release is what the service now runs had switched before the agent
@@ -137,6 +138,8 @@ def _event(run: DeployRun, detail: dict[str, Any], name: str, service_id: str | 
            previous: str | None) -> tuple[str, dict[str, Any]] | None:
     if run.status not in (Stage.SUCCEEDED, Stage.FAILED):
         return None
+    if run.failure is not None and run.failure.code == "cancelled":
+        return None  # its deployment is being deleted: deployment.deleted says it all
     return _event_of(detail, run.spec.deployment_id or "", name, service_id, previous)
 
 

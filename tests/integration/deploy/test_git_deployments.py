@@ -3,12 +3,15 @@ traffic through the agent's own proxy."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 from agent.events import Event, Subscription
 from agent.keys import BUS_KEY
 from tests.support.git import GitDaemon, GitRepo
 from tests.support.gitdeploy import Deployer, py_files, remote_body
+from tests.support.services import wrappers_of
 
 
 def drain(subscription: Subscription) -> list[Event]:
@@ -100,3 +103,70 @@ async def test_rollback_restores_code_and_env_without_building(
         first["release_id"]: (True, False), second["release_id"]: (False, True)}
     await deployer.rollback("rb", {"release_id": first["release_id"]}, expect=409)
     await deployer.rollback("rb", {"release_id": "rel_0000000000000000000000"}, expect=404)
+
+
+async def test_static_site_is_served_by_the_proxy_from_its_release(
+        deployer: Deployer, daemon: GitDaemon, repos_root: Path) -> None:
+    """runtime static: no process; the proxy serves the release (its dist/ after a build), running while deployed."""
+    repo = GitRepo.create(repos_root / "site", {"index.html": "<h1>root</h1>\n",
+                                                "build.sh": "#!/bin/sh\nmkdir -p dist\n"
+                                                            "echo '<h1>built</h1>' > dist/index.html\n"})
+    dep = await deployer.deploy({"name": "site", "source": "remote", "runtime": "static",
+                                 "remote": daemon.url("site")})
+    await deployer.route("site.test", dep["service_id"])
+    assert await deployer.via_proxy("site.test") == (200, "<h1>root</h1>\n")
+    status = await deployer.service("site")
+    assert (status["state"], status["runtime"], status["pid"]) == ("running", "static", None)
+    await deployer.redeploy("site", {"build_cmd": "./build.sh"})
+    assert await deployer.via_proxy("site.test") == (200, "<h1>built</h1>\n")
+    await deployer.request("POST", "/v1/services/site/stop?wait=true", expect=200)
+    assert (await deployer.via_proxy("site.test"))[0] == 502
+    repo.commit({"index.html": "<h1>two</h1>\n"})
+    again = await deployer.redeploy("site", {"build_cmd": None})
+    assert again["status"] == "succeeded" and again["commit"] == repo.head()
+    assert await deployer.via_proxy("site.test") == (200, "<h1>two</h1>\n")
+
+
+async def test_deployment_log_tails_follows_and_filters(deployer: Deployer, daemon: GitDaemon,
+                                                        repos_root: Path) -> None:
+    """The deployment's own log: clone, build and start lines, by tail, stream, NDJSON and follow."""
+    GitRepo.create(repos_root / "lg", py_files("v1"))
+    dep = await deployer.deploy(remote_body("lg", daemon.url("lg"),
+                                            build_cmd="for i in 1 2 3; do echo step $i; done"))
+    text = await deployer.deploy_log("lg")
+    assert " git fetched commit " + dep["commit"] in text
+    assert "build step 1\n" in text and "build step 3\n" in text and "is live" in text
+    build = await deployer.deploy_log("lg", "?stream=build&format=ndjson")
+    lines = [json.loads(line) for line in build.splitlines()]
+    assert [line["line"] for line in lines if line["line"].startswith("step")] == [
+        "step 1", "step 2", "step 3"] and {line["stream"] for line in lines} == {"build"}
+    assert len((await deployer.deploy_log("lg", "?tail=2")).splitlines()) == 2
+    resp = await deployer.client.get("/v1/deployments/lg/logs?tail=0&follow=true&stream=build",
+                                     headers=deployer.headers)
+    assert resp.status == 200
+    await deployer.put("lg", {"build_cmd": "echo followed-build-line"})
+    line = await asyncio.wait_for(resp.content.readline(), 60)
+    assert line.decode().endswith(" build followed-build-line\n")
+    resp.close()
+    await deployer.settled("lg")
+
+
+async def test_delete_cancels_the_deploy_and_removes_everything(
+        deployer: Deployer, daemon: GitDaemon, repos_root: Path) -> None:
+    """DELETE during a deploy cancels it, stops the service and removes releases, env, routes and logs."""
+    GitRepo.create(repos_root / "gone", py_files("v1"))
+    dep = await deployer.deploy(remote_body("gone", daemon.url("gone"), env={"A": "1"}))
+    await deployer.route("gone.test", dep["service_id"])
+    events = deployer.client.app[BUS_KEY].subscribe()
+    await deployer.put("gone", {"build_cmd": "sleep 60"})
+    await deployer.request("DELETE", "/v1/deployments/gone", expect=204)
+    assert wrappers_of(deployer.state_dir) == []
+    assert not (deployer.state_dir / "apps" / "gone").exists()
+    await deployer.request("GET", "/v1/deployments/gone", expect=404)
+    await deployer.request("GET", "/v1/deployments/gone/logs", expect=404)
+    routes = await deployer.request("GET", "/v1/proxy/routes", expect=200)
+    assert routes["data"] == []
+    types = [e.type for e in drain(events)]
+    assert "deployment.deleted" in types and "deployment.failed" not in types
+    again = await deployer.deploy(remote_body("gone", daemon.url("gone")))
+    assert again["id"] != dep["id"]

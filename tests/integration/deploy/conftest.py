@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import bearer, login
 from tests.support.deploy import Rig, make_rig
-from tests.support.gitdeploy import Deployer
 from tests.support.git import GitDaemon, GitRepo, SmartHttpGit
+from tests.support.gitdeploy import Deployer
 from tests.support.services import kill_apps
 
 

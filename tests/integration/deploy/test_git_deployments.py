@@ -43,7 +43,7 @@ async def test_python_app_deploys_answers_and_redeploys_a_new_commit(
 
 async def test_each_failure_names_its_stage_and_the_previous_release_keeps_serving(
         deployer: Deployer, daemon: GitDaemon, repos_root: Path) -> None:
-    """Unknown branch fails at cloning, a failed build at building, a crash or a failed health gate at starting."""
+    """Unknown branch fails at cloning, a build at building, a crash or a failed gate at starting."""
     GitRepo.create(repos_root / "web", py_files("v1"))
     dep = await deployer.deploy(remote_body("web", daemon.url("web")))
     await deployer.route("web.test", dep["service_id"])
@@ -92,7 +92,7 @@ async def test_rollback_restores_code_and_env_without_building(
                                                                      "succeeded"]
     assert await deployer.via_proxy("rb.test") == (200, "v1 one")
     assert counter.read_text().count("built") == 2
-    env = await deployer.request("GET", f"/v1/services/rb/env", expect=200)
+    env = await deployer.request("GET", "/v1/services/rb/env", expect=200)
     assert {e["key"]: e["value"] for e in env["data"]} == {"GREETING": "one"}
     rolled = [e for e in drain(events) if e.type == "deployment.rolled_back"]
     assert [(e.data["from_release_id"], e.data["to_release_id"]) for e in rolled] == [
@@ -107,7 +107,7 @@ async def test_rollback_restores_code_and_env_without_building(
 
 async def test_static_site_is_served_by_the_proxy_from_its_release(
         deployer: Deployer, daemon: GitDaemon, repos_root: Path) -> None:
-    """runtime static: no process; the proxy serves the release (its dist/ after a build), running while deployed."""
+    """runtime static: no process; the proxy serves the release (its dist/ after a build)."""
     repo = GitRepo.create(repos_root / "site", {"index.html": "<h1>root</h1>\n",
                                                 "build.sh": "#!/bin/sh\nmkdir -p dist\n"
                                                             "echo '<h1>built</h1>' > dist/index.html\n"})

@@ -11,7 +11,7 @@ from tests.support.gitdeploy import Deployer, node_files
 
 async def test_seed_example_deploys_on_node_20_then_put_moves_it_to_node_22(
         deployer: Deployer, daemon: GitDaemon, repos_root: Path) -> None:
-    """POST the seed's body, the app answers through a route; PUT {"version": "22", "env": ...} redeploys on 22."""
+    """The seed's body deploys on Node 20 and answers; PUT {"version": "22", "env": ...} moves it to 22."""
     repo = GitRepo.create(repos_root / "repo", node_files("v1"))
     body = {"name": "my-app", "source": "remote", "runtime": "nodejs", "version": "20",
             "remote": daemon.url("repo"), "branch": "main",

@@ -9,11 +9,22 @@ import json
 import os
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.keys import DB_KEY
+from tests.conftest import bearer, login
 from tests.support.agent import eventually
-from tests.support.services import PYTHON, SERVER_APP, Harness, alive, session_of, wrappers_of
+from tests.support.services import (
+    PYTHON,
+    SERVER_APP,
+    Harness,
+    alive,
+    kill_apps,
+    session_of,
+    wrappers_of,
+)
 
 
 def http_get(port: int) -> str:
@@ -240,3 +251,18 @@ async def test_a_stop_during_a_long_build_cuts_the_build_short(svc: Harness) -> 
 
 async def _logs_have(svc: Harness, sid: str, text: str) -> bool:
     return text in await svc.logs(sid)
+
+
+async def test_a_local_build_obeys_the_deploy_build_timeout(
+        make_client: Callable[..., Any], apps_root: Path, state_dir: Path,
+        services_config: dict[str, Any]) -> None:
+    """[deploy] build_timeout is the one build time limit, local builds included."""
+    client = await make_client(services=services_config, deploy={"build_timeout": 0.5})
+    harness = Harness(client, bearer((await login(client))["access_token"]), apps_root,
+                      state_dir, make_client)
+    try:
+        dep = await harness.deploy("slow", "true", build_cmd="sleep 30")
+        status = await harness.wait_state(dep["service_id"], "failed")
+        assert status["last_exit"]["reason"] == "build_timeout"
+    finally:
+        kill_apps(state_dir)

@@ -170,3 +170,33 @@ async def test_delete_cancels_the_deploy_and_removes_everything(
     assert "deployment.deleted" in types and "deployment.failed" not in types
     again = await deployer.deploy(remote_body("gone", daemon.url("gone")))
     assert again["id"] != dep["id"]
+
+
+GO_MAIN = """package main
+
+import (
+\t"fmt"
+\t"net/http"
+\t"os"
+\t"runtime"
+)
+
+func main() {
+\thttp.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+\t\tfmt.Fprintf(w, "go %s", runtime.Version())
+\t})
+\thttp.ListenAndServe("127.0.0.1:"+os.Getenv("PORT"), nil)
+}
+"""
+
+
+async def test_go_app_builds_with_the_go_toolchain_and_runs(deployer: Deployer, daemon: GitDaemon,
+                                                             repos_root: Path) -> None:
+    """runtime go: go build in the release with the resolved toolchain, the binary runs on PORT."""
+    GitRepo.create(repos_root / "goapp", {"main.go": GO_MAIN,
+                                          "go.mod": "module example.com/app\n\ngo 1.19\n"})
+    dep = await deployer.deploy({"name": "goapp", "source": "remote", "runtime": "go",
+                                 "remote": daemon.url("goapp"), "build_cmd": "go build -o app .",
+                                 "run_cmd": "exec ./app"})
+    assert dep["toolchain"]["runtime"] == "go"
+    assert await deployer.direct("goapp") == f"go go{dep['toolchain']['version']}".removesuffix(".0")

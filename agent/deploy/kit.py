@@ -13,7 +13,8 @@ field) before ``await kit.queue.submit(kit.spec(...))``.
 
 Paths, under ``[state] dir`` unless configured: ``toolchains/`` (or ``[deploy]
 toolchains_dir``), ``apps/<service>/releases/``, ``apps/<service>/logs/deploy.log``,
-``cache/`` (npm, pip and go caches shared by builds), ``ssh/known_hosts``.
+``cache/`` (npm, pip and go caches shared by builds), ``ssh/known_hosts``. A deployment log
+is rotated at ``[services] log_max_bytes``, keeping one older file.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class DeployKit:
         releases = releases or cls.release_store(config, clock)
         pipeline = Pipeline(fetcher=fetcher, toolchains=resolver, builder=builder, releases=releases,
                             starter=starter, clock=clock, observer=observer,
-                            log_listener=log_listener)
+                            log_listener=log_listener,
+                            log_max_bytes=config.services.log_max_bytes)
         queue = DeployQueue(pipeline, max_concurrent=deploy.max_concurrent_deploys)
         return cls(config, fetcher, resolver, provisioner, builder, releases, pipeline, queue)
 

@@ -7,6 +7,8 @@ logs (``<seq> <timestamp> <stream> <text>``) so the same tail/follow/SSE readers
 
 ``seq`` counts the file's lines from 1 and continues across runs (it is read back from the
 last line when a run starts; runs of one service never overlap, the queue sees to that).
+With ``max_bytes`` the file is rotated once it would grow past it: it becomes ``<name>.1``
+(one older file is kept) and the numbering goes on in a new file.
 ``timestamp`` is UTC with microseconds, fixed width. ``stream`` says where a line comes from:
 ``deploy`` (the pipeline's own notes), ``git``, ``toolchain`` or ``build``. Lines are written as
 they arrive, so a follower sees a build as it runs. A secret handed to
@@ -65,12 +67,14 @@ class DeployLog:
     """Appends stamped lines to ``path`` (created 0600 with its parent dirs 0700)."""
 
     def __init__(self, path: Path, clock: Clock, *, secrets: Iterable[str] = (),
-                 on_write: Callable[[Path], None] | None = None) -> None:
+                 on_write: Callable[[Path], None] | None = None,
+                 max_bytes: int | None = None) -> None:
         self.path = path
         self._clock = clock
         self._secrets = tuple(s for s in secrets if s)
         self._seq: int | None = None
         self._on_write = on_write
+        self._max_bytes = max_bytes
 
     def write(self, lines: Iterable[str], source: str = "deploy") -> None:
         """Append ``lines``, all stamped with the current time. Small writes: safe on the loop."""
@@ -86,6 +90,8 @@ class DeployLog:
             self._seq += 1
             parts.append(format_line(self._seq, now, source, scrub(line, self._secrets)))
         data = "".join(parts)
+        if self._max_bytes is not None:
+            self._rotate(len(data))
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, data.encode("utf-8", errors="replace"))
@@ -93,6 +99,16 @@ class DeployLog:
             os.close(fd)
         if self._on_write is not None:
             self._on_write(self.path)
+
+    def _rotate(self, adding: int) -> None:
+        """Past ``max_bytes``, the file becomes ``<name>.1`` (replacing an older one); seq goes
+        on in the new file, so readers find every line by its seq across the rotation."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size and size + adding > (self._max_bytes or 0):
+            self.path.replace(self.path.with_name(self.path.name + ".1"))
 
     async def line(self, text: str) -> None:
         """Append one ``deploy`` line; usable as a ``LineSink``."""

@@ -218,7 +218,8 @@ class Pipeline:
     def __init__(self, *, fetcher: SourceFetcher, toolchains: ToolchainSource, builder: BuildRunner,
                  releases: ReleaseStore, starter: ReleaseStarter, clock: Clock,
                  observer: RunObserver | None = None,
-                 log_listener: Callable[[Path], None] | None = None) -> None:
+                 log_listener: Callable[[Path], None] | None = None,
+                 log_max_bytes: int | None = None) -> None:
         self._fetcher = fetcher
         self._toolchains = toolchains
         self._builder = builder
@@ -227,6 +228,7 @@ class Pipeline:
         self._clock = clock
         self._observer = observer
         self._log_listener = log_listener
+        self._log_max_bytes = log_max_bytes
 
     def new_run(self, spec: DeploySpec) -> DeployRun:
         """A run in ``queued`` (its first stage record opened now)."""
@@ -272,7 +274,8 @@ class Pipeline:
         """Run ``run`` (in ``queued``) to the end. Never raises, except ``CancelledError``."""
         spec = run.spec
         secrets = spec.remote.credentials.secrets() if spec.remote.credentials else ()
-        dlog = DeployLog(spec.log_path, self._clock, secrets=secrets, on_write=self._log_listener)
+        dlog = DeployLog(spec.log_path, self._clock, secrets=secrets, on_write=self._log_listener,
+                         max_bytes=self._log_max_bytes)
         draft: ReleaseDraft | None = None
         try:
             if spec.rollback_to:

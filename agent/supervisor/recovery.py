@@ -86,7 +86,12 @@ async def _end_pending(unit: ServiceUnit, pending: dict[str, Any]) -> None:
             what = "new release" if key == "handle" else "replaced release"
             await unit._note(f"the agent restarted during a switch: stopped the {what} "
                              f"(pid {handle.pid})")
-    await unit._commit(pending_run=None)
+    if r.state is S.STARTING and r.handle is None:
+        # A switch without a run to keep (a first deploy, a service that had crashed): there
+        # is nothing left of it; whether to start the recorded release is up to desired state.
+        await unit._commit(S.STOPPED, pending_run=None)
+    else:
+        await unit._commit(pending_run=None)
 
 
 def _adopted(unit: ServiceUnit) -> None:

@@ -39,7 +39,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -55,6 +55,7 @@ from agent.supervisor.unit import ServiceUnit, free_port, run_environment
 __all__ = ["Replacement", "SwitchFailed", "SwitchResult", "replace"]
 
 log = structlog.get_logger("agent.supervisor")
+T = TypeVar("T")
 
 _FIRST_PAUSE = 0.02   # seconds between gate probes, doubling up to _MAX_PAUSE
 _MAX_PAUSE = 0.5
@@ -153,14 +154,13 @@ async def _replace(unit: ServiceUnit, rep: Replacement) -> SwitchResult:
                          "waiting for its health check")
         await _gate(unit, handle, port, rep, serving=old is not None)
     except BaseException as exc:
-        await asyncio.shield(_abandon(unit, handle, old is not None, stopped_old, exc))
+        await _to_the_end(_abandon(unit, handle, old is not None, stopped_old, exc))
         raise
     return await _switch(unit, rep, handle, port, old)
 
 
 async def _spawn(unit: ServiceUnit, rep: Replacement, port: int, run_name: str) -> Handle:
     """Start the candidate. Not interrupted by cancellation: a spawned process is never lost."""
-    r = unit.r
     env = run_environment(unit._ctx.base_env, rep.env, rep.run_env, port)
     spec = dataclasses.replace(unit._spec(), command=rep.command, cwd=rep.cwd, env=env,
                                run_name=run_name)
@@ -168,12 +168,17 @@ async def _spawn(unit: ServiceUnit, rep: Replacement, port: int, run_name: str) 
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            handle = await task
-            await unit._ctx.runtime.stop(handle, r.stop_signal, r.stop_timeout)
+        await _to_the_end(_stop_when_started(unit, task))
         raise
     except RuntimeFailure as exc:
         raise SwitchFailed(f"The new release could not be started: {exc}") from None
+
+
+async def _stop_when_started(unit: ServiceUnit, task: asyncio.Future[Handle]) -> None:
+    """A spawn still in progress when the deploy was cancelled: stop what it started."""
+    with contextlib.suppress(Exception):
+        handle = await task
+        await unit._ctx.runtime.stop(handle, unit.r.stop_signal, unit.r.stop_timeout)
 
 
 async def _gate(unit: ServiceUnit, handle: Handle, port: int, rep: Replacement, *,
@@ -251,6 +256,34 @@ async def _switch(unit: ServiceUnit, rep: Replacement, handle: Handle, port: int
     unit._watch_run(unit._gen, handle)
     log.info("service_switched", service_id=r.id, release_id=rep.release_id, pid=handle.pid,
              replaced_pid=old.handle.pid if old else None)
+    # Past the switch, a cancellation (the deploy cancelled, the agent stopping) must not leave
+    # the old run behind: finish, then let the cancellation through.
+    await _to_the_end(_retire(unit, rep, old))
+    return SwitchResult(pid=handle.pid, listen_port=port,
+                        replaced_pid=old.handle.pid if old else None,
+                        previous_release_id=old.release_id if old else None)
+
+
+async def _to_the_end(coro: Awaitable[T]) -> T:
+    """Await ``coro`` to its end even if the caller is cancelled meanwhile, then let the
+    cancellation through (the result is then lost: use it for steps that finish or clean up
+    on their own)."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    result = task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+async def _retire(unit: ServiceUnit, rep: Replacement, old: _Old | None) -> None:
+    """After the switch: move the traffic (``on_switch``), then stop the old run."""
+    r = unit.r
     if rep.on_switch is not None:
         try:
             await rep.on_switch()
@@ -267,9 +300,6 @@ async def _switch(unit: ServiceUnit, rep: Replacement, handle: Handle, port: int
                          f"{status.describe()}")
     else:
         await unit._note(f"release {rep.release_id} is running")
-    return SwitchResult(pid=handle.pid, listen_port=port,
-                        replaced_pid=old.handle.pid if old else None,
-                        previous_release_id=old.release_id if old else None)
 
 
 async def _abandon(unit: ServiceUnit, handle: Handle | None, serving: bool, stopped_old: bool,

@@ -221,3 +221,40 @@ async def test_an_agent_restart_mid_switch_stops_the_recorded_candidate(world: W
     assert world.sup.get(sid).pid == old and world.runtime.alive(old)
     assert not world.runtime.alive(candidate.pid or 0) and not world.runtime.alive(retiring.pid or 0)
     assert world.sup._unit(sid).r.pending_run is None
+
+
+async def test_a_first_deploy_cut_short_by_the_agent_leaves_the_service_stopped(
+        world: World) -> None:
+    """starting without a run (a first deploy's gate) and a recorded candidate: stopped after a restart."""
+    sid = await running(world)
+    await world.sup.stop(sid, wait=5)
+    unit = world.sup._unit(sid)
+    candidate = await world.runtime.start(unit._spec())
+    await unit._commit(ServiceState.STARTING, handle=None,
+                       pending_run={"release_id": "rel_b", "port": 1, "run_name": "app",
+                                    "handle": candidate.to_json()})
+    await world.sup.close()
+    await world.reopen()
+    assert world.state(sid) == "stopped" and not world.runtime.alive(candidate.pid or 0)
+    assert len([pid for pid in world.runtime.runs if world.runtime.alive(pid)]) == 0
+
+
+async def test_a_cancel_after_the_switch_still_stops_the_old_run(world: World) -> None:
+    """Once the new run took over, a cancellation (delete, shutdown) waits for the old one to stop."""
+    sid = await running(world)
+    old = world.pid(sid)
+    hold = asyncio.Event()
+
+    async def on_switch() -> None:
+        await hold.wait()
+
+    task = asyncio.create_task(world.sup.replace(sid, release(world, on_switch=on_switch)))
+    await eventually(lambda: _is(world.sup.get(sid).pid != old), message="the switch")
+    task.cancel()
+    await asyncio.sleep(0)
+    assert not task.done() and world.runtime.alive(old)
+    hold.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not world.runtime.alive(old) and world.state(sid) == "running"
+    assert world.sup._unit(sid).r.pending_run is None

@@ -14,6 +14,7 @@ from agent.deploy.build import Builder, RuntimeEnv
 from agent.deploy.errors import BuildFailed
 from agent.deploy.logfile import DeployLog
 from agent.deploy.toolchains import Toolchain, ToolchainResolver
+from agent.logs import LogFiles, tail
 from agent.testing import FakeClock
 from tests.support.agent import wait_until
 
@@ -153,3 +154,16 @@ def test_seq_continues_across_runs(tmp_path: Path) -> None:
     lines = (tmp_path / "d.log").read_text().splitlines()
     assert lines == [f"{i} 2023-11-14T22:13:20.000000Z {src} {text}" for i, src, text in
                      [(1, "deploy", "one"), (2, "deploy", "two"), (3, "git", "three")]]
+
+
+def test_rotation_keeps_one_older_file_and_the_sequence(tmp_path: Path) -> None:
+    """Past max_bytes the log becomes d.log.1; numbering goes on and readers find every line by seq."""
+    path = tmp_path / "logs" / "d.log"
+    for run in range(6):
+        DeployLog(path, FakeClock(), max_bytes=400).write([f"run {run} line {i}" for i in range(3)])
+    files = LogFiles(path.parent, max_bytes=1 << 40, max_files=1, name="d.log")
+    assert [p.name for p in files.newest_first()] == ["d.log", "d.log.1"]
+    lines = tail(files, 1000)
+    seqs = [line.seq for line in lines]
+    assert seqs == list(range(seqs[0], 19)) and lines[-1].text == b"run 5 line 2"
+    assert path.stat().st_size <= 400

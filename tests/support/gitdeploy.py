@@ -76,10 +76,12 @@ def py_files(version: str) -> dict[str, str]:
 class Deployer:
     """An agent under ``aiohttp_client`` with an admin token, and shortcuts for deploys."""
 
-    def __init__(self, client: TestClient, headers: dict[str, str], state_dir: Path) -> None:
+    def __init__(self, client: TestClient, headers: dict[str, str], state_dir: Path, *,
+                 proxy_url: str | None = None) -> None:
         self.client = client
         self.headers = headers
         self.state_dir = state_dir
+        self._proxy_url = proxy_url  # Caddy's listener; default: the built-in proxy's
 
     async def request(self, method: str, path: str, *, expect: int | None = None,
                       **kwargs: Any) -> Any:
@@ -160,6 +162,8 @@ class Deployer:
 
     @property
     def proxy_url(self) -> str:
+        if self._proxy_url is not None:
+            return self._proxy_url
         host, port = self.client.app[PROXY_KEY].address  # type: ignore[attr-defined]
         return f"http://{host}:{port}"
 

@@ -15,7 +15,18 @@ from tests.support.services import wrappers_of
 
 async def test_five_redeploys_under_a_request_loop_lose_no_request(
         deployer: Deployer, daemon: GitDaemon, repos_root: Path) -> None:
-    """A request loop through the proxy route sees 0 failed requests during 5 redeploys."""
+    """A request loop through the built-in proxy's route sees 0 failed requests during 5 redeploys."""
+    await _redeploys_under_load(deployer, daemon, repos_root, 5)
+
+
+async def test_redeploys_behind_caddy_lose_no_request(caddy_deployer: Deployer, daemon: GitDaemon,
+                                                      repos_root: Path) -> None:
+    """The same through a real Caddy: refreshed before the old release stops, 0 failed requests."""
+    await _redeploys_under_load(caddy_deployer, daemon, repos_root, 3)
+
+
+async def _redeploys_under_load(deployer: Deployer, daemon: GitDaemon, repos_root: Path,
+                                count: int) -> None:
     repo = GitRepo.create(repos_root / "live", node_files("v0"))
     dep = await deployer.deploy({"name": "live", "source": "remote", "runtime": "nodejs",
                                  "remote": daemon.url("live"), "branch": "main",
@@ -42,7 +53,7 @@ async def test_five_redeploys_under_a_request_loop_lose_no_request(
 
     tasks = [asyncio.create_task(loop()) for _ in range(2)]
     try:
-        for n in range(1, 6):
+        for n in range(1, count + 1):
             sha = repo.commit({"VERSION": f"v{n}\n"})
             done = await deployer.redeploy("live")
             assert done["status"] == "succeeded" and done["commit"] == sha, done["status_detail"]
@@ -52,6 +63,6 @@ async def test_five_redeploys_under_a_request_loop_lose_no_request(
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*tasks)
     assert failures == []
-    assert {f"v{n}" for n in range(1, 6)} <= set(seen) <= {f"v{n}" for n in range(6)}
+    assert {f"v{n}" for n in range(1, count + 1)} <= set(seen) <= {f"v{n}" for n in range(count + 1)}
     assert sum(seen.values()) > 50, seen
     assert len(wrappers_of(deployer.state_dir)) == 1  # every replaced run was stopped

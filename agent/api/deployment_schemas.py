@@ -241,7 +241,10 @@ class Deployment(Resource):
 
 
 def _iso(value: Any) -> str | None:
-    return from_epoch(float(value)).isoformat() if isinstance(value, int | float) else None
+    """Epoch seconds as RFC 3339 text, shaped like the API's other times (``...Z``)."""
+    if not isinstance(value, int | float):
+        return None
+    return from_epoch(float(value)).isoformat().replace("+00:00", "Z")
 
 
 def _detail(detail: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -338,8 +338,10 @@ class Pipeline:
                               "list") from None
         run.release_id, run.commit = release.id, release.commit
         toolchain = release.toolchain
+        executable = toolchain.get("executable")
         run.toolchain = Toolchain(str(toolchain.get("runtime") or spec.runtime),
                                   str(toolchain.get("version") or ""),
+                                  Path(executable) if executable else None,
                                   source=toolchain.get("source") or "none")
         dlog.write([f"rollback {run.id}: {spec.service} to release {release.id} "
                     f"(commit {release.commit}); nothing to fetch or build"])

@@ -7,7 +7,8 @@ dependency, ``npm install``, ``npm start``) in a local ``file://`` git repositor
    agent's proxy (a route is created right after the POST; polled every 10 ms). By hand, in the
    same run and interleaved: ``git clone --depth 1``, ``npm install``, ``npm start`` with a
    ``PORT`` until that port answers (polled every 10 ms). Both use the same npm cache, warmed
-   by an untimed round. Medians and the ratio agent / by hand.
+   by an untimed round, and npm's settings as the agent's builds have them (no audit, fund or
+   update notices). Medians and the ratio agent / by hand.
 2. **Redeploy switch.** Two clients loop requests through the proxy route while the app is
    redeployed ``--redeploys`` times (a new commit each): failed requests (the target is 0);
    request latency during the ``starting`` stage of those deploys against steady state; and
@@ -159,7 +160,10 @@ def by_hand(repo: Path, work: Path, npm_cache: Path) -> tuple[float, float]:
     """(whole time, time from npm start to the port answering)."""
     dest = work / f"hand-{time.monotonic_ns()}"
     port = free_port()
-    env = {**os.environ, "npm_config_cache": str(npm_cache), "PORT": str(port)}
+    # npm as the agent runs it (no audit, fund or update notices): the same steps, like for like.
+    env = {**os.environ, "npm_config_cache": str(npm_cache), "PORT": str(port),
+           "npm_config_audit": "false", "npm_config_fund": "false",
+           "npm_config_update_notifier": "false"}
     started = time.perf_counter()
     subprocess.run(["git", "clone", "-q", "--depth", "1", "--single-branch", "--branch", "main",
                     "--", f"file://{repo}", str(dest)], check=True)

@@ -15,6 +15,7 @@ record is the observer's job.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import OrderedDict, deque
 
 import structlog
@@ -137,7 +138,9 @@ class DeployQueue:
                 continue
             self._order.remove(service)
             run = self._pending.pop(service)
-            task = asyncio.create_task(self._pipeline.execute(run), name=f"deploy-{run.id}")
+            # A fresh context: the run must not log the request id of whoever queued it.
+            task = asyncio.create_task(self._pipeline.execute(run), name=f"deploy-{run.id}",
+                                       context=contextvars.Context())
             self._running[service] = (run, task)
             task.add_done_callback(self._finished)
 

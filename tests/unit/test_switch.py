@@ -258,3 +258,18 @@ async def test_a_cancel_after_the_switch_still_stops_the_old_run(world: World) -
         await task
     assert not world.runtime.alive(old) and world.state(sid) == "running"
     assert world.sup._unit(sid).r.pending_run is None
+
+
+async def test_cancelling_during_the_gate_stops_the_candidate(world: World) -> None:
+    """A deploy cancelled (agent stopping) during the gate: the candidate stops, the old run stays."""
+    sid = await running(world)
+    old = world.pid(sid)
+    world.runtime.mute = True  # type: ignore[attr-defined]
+    task = asyncio.create_task(world.sup.replace(sid, release(world, start_timeout=30)))
+    await eventually(lambda: _is(len(world.runtime.started) == 2), message="the candidate")
+    candidate = max(world.runtime.runs)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not world.runtime.alive(candidate) and world.runtime.alive(old)
+    assert world.sup.get(sid).pid == old and world.sup._unit(sid).r.pending_run is None

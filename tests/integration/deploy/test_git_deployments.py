@@ -9,8 +9,9 @@ from pathlib import Path
 
 from agent.events import Event, Subscription
 from agent.keys import BUS_KEY
+from tests.support.agent import eventually
 from tests.support.git import GitDaemon, GitRepo
-from tests.support.gitdeploy import Deployer, py_files, remote_body
+from tests.support.gitdeploy import Deployer, node_files, py_files, remote_body
 from tests.support.services import wrappers_of
 
 
@@ -200,3 +201,20 @@ async def test_go_app_builds_with_the_go_toolchain_and_runs(deployer: Deployer, 
                                  "run_cmd": "exec ./app"})
     assert dep["toolchain"]["runtime"] == "go"
     assert await deployer.direct("goapp") == f"go go{dep['toolchain']['version']}".removesuffix(".0")
+
+
+async def test_delete_while_a_new_release_waits_for_its_gate_leaves_nothing_running(
+        deployer: Deployer, daemon: GitDaemon, repos_root: Path) -> None:
+    """DELETE during the starting stage stops the candidate and the serving run."""
+    GitRepo.create(repos_root / "gate", node_files("v1"))
+    await deployer.deploy({"name": "gate", "source": "remote", "runtime": "nodejs",
+                           "remote": daemon.url("gate"), "run_cmd": "exec node server.js"})
+    await deployer.put("gate", {"run_cmd": "exec sleep 600"})
+
+    async def gating() -> bool:
+        dep = await deployer.get("gate")
+        return dep["status"] == "starting" and len(wrappers_of(deployer.state_dir)) == 2
+
+    await eventually(gating, timeout=60, message="the candidate to wait for its gate")
+    await deployer.request("DELETE", "/v1/deployments/gate", expect=204)
+    assert wrappers_of(deployer.state_dir) == []

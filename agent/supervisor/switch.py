@@ -190,6 +190,7 @@ async def _gate(unit: ServiceUnit, handle: Handle, port: int, rep: Replacement, 
     the service is stopped meanwhile."""
     r = unit.r
     if r.runtime == "static":
+        unit.health = HealthState(status="none")
         return  # nothing listens; the runtime checked the site's directory
     check = r.health_check or _TCP
     limit = r.health_check.start_timeout if r.health_check else rep.start_timeout

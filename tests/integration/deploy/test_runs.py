@@ -4,9 +4,12 @@ agent left in flight are settled at the next start."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.keys import BUS_KEY, DB_KEY, REMOTE_DEPLOYMENTS_KEY
+from tests.conftest import bearer, login
 from tests.support.agent import eventually
 from tests.support.git import GitDaemon, GitRepo
 from tests.support.gitdeploy import Deployer
@@ -86,3 +89,20 @@ async def test_runs_left_in_flight_are_settled_at_the_next_start(
     assert sorted(seen, key=str) == sorted([("deployment.succeeded", "run_switched"),
                                             ("deployment.failed", "run_building"),
                                             ("deployment.failed", None)], key=str)
+
+
+async def test_only_the_last_releases_are_kept(make_client: Callable[..., Any], state_dir: Path,
+                                               daemon: GitDaemon, repos_root: Path) -> None:
+    """[deploy] keep_releases = 1: after four deploys the current and the previous release remain."""
+    repo = GitRepo.create(repos_root / "site", {"index.html": "0\n"})
+    client = await make_client(deploy={"allowed_schemes": ["git"], "keep_releases": 1})
+    deployer = Deployer(client, bearer((await login(client))["access_token"]), state_dir)
+    await deployer.deploy({"name": "site", "source": "remote", "runtime": "static",
+                           "remote": daemon.url("site")})
+    for n in range(1, 4):
+        repo.commit({"index.html": f"{n}\n"})
+        assert (await deployer.redeploy("site"))["status"] == "succeeded"
+    releases = await deployer.releases("site")
+    assert [(r["current"], r["previous"]) for r in releases] == [(True, False), (False, True)]
+    on_disk = sorted(p.name for p in (state_dir / "apps" / "site" / "releases").iterdir())
+    assert on_disk == sorted(r["id"] for r in releases)

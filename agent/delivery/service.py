@@ -15,7 +15,8 @@ Rules:
   ``port`` given with ``fixed_port``, ``env`` within the env rules, ``project_id`` existing;
 * credentials (``username``/``password`` or ``ssh_key``, or ``user:token@`` in an https URL)
   are kept in ``deployment_credentials``, handed to git only (never stored in the remote, a
-  release, a log or an answer);
+  release, a log or an answer); they belong to the remote's origin (scheme, host, port): a PUT
+  that moves the remote elsewhere without giving credentials forgets them;
 * a PUT is a partial update: fields not given keep their values, ``env`` sets the keys given
   and removes those given as null, ``credentials: null`` forgets them; then a new release
   is deployed (``PUT {}`` redeploys the branch's newest commit). ``runtime`` cannot change
@@ -33,6 +34,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -198,6 +200,8 @@ class RemoteDeployments:
         credentials, store = change.credentials, change.credentials_given
         if not store and remote.credentials is not None:
             credentials, store = remote.credentials, True
+        elif not store and _origin(remote.url) != _origin(row["remote"]):
+            credentials, store = None, True  # never hand a host's credentials to another
         elif not store:
             credentials = self._credentials(deployment_id)
             remote.with_credentials(credentials)  # they must suit the remote's scheme
@@ -340,6 +344,14 @@ class RemoteDeployments:
         run = await self.kit.queue.submit(spec)
         log.info("deploy_submitted", deployment_id=deployment_id, run_id=run.id)
         return run
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of a validated remote (``user@host:path`` is ssh, port 22)."""
+    if "://" not in url:
+        return "ssh", url.split("@")[-1].split(":")[0].lower(), None
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
 def _service_runtime(runtime: str) -> str:

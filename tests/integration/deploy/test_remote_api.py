@@ -146,7 +146,7 @@ async def test_roles_listing_filters_and_pages(deployer: Deployer, daemon: GitDa
 
 
 async def test_private_repository_credentials_are_never_shown_or_logged(
-        deployer: Deployer, http_git: SmartHttpGit, app_repo: GitRepo) -> None:
+        deployer: Deployer, http_git: SmartHttpGit, daemon: GitDaemon, app_repo: GitRepo) -> None:
     """A token (given apart or in the URL) deploys a private repo and appears in no answer, log or file."""
     token = http_git.password
     with structlog.testing.capture_logs() as agent_log:
@@ -171,3 +171,8 @@ async def test_private_repository_credentials_are_never_shown_or_logged(
     for path in (deployer.state_dir / "apps").rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
+    # Credentials belong to their origin: moving the remote elsewhere forgets them.
+    moved = await deployer.redeploy("priv", {"remote": daemon.url("app")})
+    assert moved["status"] == "succeeded" and not moved["has_credentials"]
+    back = await deployer.redeploy("priv", {"remote": http_git.url("app")})
+    assert back["status_detail"]["failure"]["code"] == "authentication_failed"

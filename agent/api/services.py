@@ -28,7 +28,7 @@ class Service(Resource):
     id: str
     name: str
     deployment_id: str
-    runtime: str = Field(description="process | docker")
+    runtime: str = Field(description="process | docker | static (a site the proxy serves)")
     state: str = Field(description="stopped | starting | running | unhealthy | stopping | "
                                    "backoff | crashed | failed")
     desired_state: str = Field(description="running | stopped: what was asked for (persisted)")
@@ -39,6 +39,8 @@ class Service(Resource):
     restart_count: int = Field(description="Automatic restarts since the last user start")
     health: str = Field(description="none | unknown | passing | failing")
     next_restart_at: datetime | None = Field(description="When a backoff ends")
+    release_id: str | None = Field(default=None, description="The release the current run was "
+                                   "started from (deployments from git)")
     created_at: datetime
     updated_at: datetime
 
@@ -49,7 +51,7 @@ class Service(Resource):
                     desired_state=info.desired_state.value, pid=info.pid, port=info.port,
                     listen_port=info.listen_port, started_at=_time(info.started_at),
                     restart_count=info.restart_count, health=info.health,
-                    next_restart_at=_time(info.next_restart_at),
+                    next_restart_at=_time(info.next_restart_at), release_id=info.release_id,
                     created_at=from_epoch(info.created_at), updated_at=from_epoch(info.updated_at))
 
     @classmethod
@@ -62,7 +64,7 @@ class LastExit(Resource):
     signal: str | None = Field(description="e.g. SIGKILL, when a signal ended the run")
     reason: str = Field(description="exited | stopped | restarted | unhealthy | start_timeout "
                                     "| lost | build_failed | build_timeout | build_stopped "
-                                    "| spawn_failed")
+                                    "| spawn_failed | replaced | gate_failed")
     started_at: datetime | None
     exited_at: datetime
     stderr_tail: list[str] = Field(description="The last (up to 20) lines of stderr")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,5 +189,3 @@ def remote_body(name: str, remote: str, **extra: Any) -> dict[str, Any]:
     body.update(extra)
     return body
 
-
-Check = Callable[[dict[str, Any]], bool]

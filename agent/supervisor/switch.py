@@ -27,8 +27,9 @@ fixed port (``fixed_port`` with a run)
     candidate starts as above; when it fails, the old release is started again.
 
 A stop or delete of the service during the gate ends the candidate (``SwitchFailed``);
-cancellation (the deploy was cancelled, the agent stops) stops the candidate too and leaves
-the old run serving.
+cancellation (the deploy was cancelled, the agent stops) before the switch stops the candidate
+too and leaves the old run serving; after the switch it is too late to go back: the old run is
+stopped and ``replace`` returns normally (the cancellation is absorbed).
 """
 
 from __future__ import annotations
@@ -260,18 +261,19 @@ async def _switch(unit: ServiceUnit, rep: Replacement, handle: Handle, port: int
     unit._watch_run(unit._gen, handle)
     log.info("service_switched", service_id=r.id, release_id=rep.release_id, pid=handle.pid,
              replaced_pid=old.handle.pid if old else None)
-    # Past the switch, a cancellation (the deploy cancelled, the agent stopping) must not leave
-    # the old run behind: finish, then let the cancellation through.
-    await _to_the_end(_retire(unit, rep, old))
+    # Past the switch the deploy has happened: a cancellation (the deploy cancelled, the agent
+    # stopping) waits for the old run to stop and is then taken back, so that the caller
+    # records the switch as done rather than as failed.
+    await _to_the_end(_retire(unit, rep, old), swallow=True)
     return SwitchResult(pid=handle.pid, listen_port=port,
                         replaced_pid=old.handle.pid if old else None,
                         previous_release_id=old.release_id if old else None)
 
 
-async def _to_the_end(coro: Awaitable[T]) -> T:
-    """Await ``coro`` to its end even if the caller is cancelled meanwhile, then let the
+async def _to_the_end(coro: Awaitable[T], *, swallow: bool = False) -> T:
+    """Await ``coro`` to its end even if the caller is cancelled meanwhile. Then let the
     cancellation through (the result is then lost: use it for steps that finish or clean up
-    on their own)."""
+    on their own), or with ``swallow`` take it back: what was cancelled is done anyway."""
     task = asyncio.ensure_future(coro)
     cancelled = False
     while not task.done():
@@ -281,7 +283,10 @@ async def _to_the_end(coro: Awaitable[T]) -> T:
             cancelled = True
     result = task.result()
     if cancelled:
-        raise asyncio.CancelledError
+        current = asyncio.current_task()
+        if not swallow or current is None:
+            raise asyncio.CancelledError
+        current.uncancel()
     return result
 
 

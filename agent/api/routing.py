@@ -35,6 +35,7 @@ __all__ = [
     "Endpoint",
     "EndpointTable",
     "add_endpoints",
+    "json_body_response",
     "json_response",
     "principal_of",
 ]
@@ -114,6 +115,11 @@ def json_response(model: BaseModel, status: int = 200) -> web.Response:
     """A JSON response from a pydantic model, serialized by pydantic's fast encoder."""
     return web.Response(body=model.model_dump_json().encode(), status=status,
                         content_type="application/json")
+
+
+def json_body_response(body: bytes, status: int = 200) -> web.Response:
+    """A JSON response from bytes that are already the serialized response model."""
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:

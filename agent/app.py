@@ -28,7 +28,7 @@ from agent.api import projects as projects_api
 from agent.api import scrape as scrape_api
 from agent.api import service_metrics as service_metrics_api
 from agent.api import webhooks as webhooks_api
-from agent.api.middleware import add_standard_headers, error_middleware, make_auth_middleware
+from agent.api.middleware import add_standard_headers, make_api_middleware
 from agent.api.openapi import build_openapi
 from agent.api.routing import EndpointTable, add_endpoints
 from agent.auth import AuthService, PasswordHasher
@@ -119,10 +119,7 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     state_dir = config.state.dir
     ensure_private_dir(state_dir)
 
-    app = web.Application(
-        middlewares=[error_middleware, make_auth_middleware(config.server.trusted_proxies)],
-        client_max_size=config.server.max_body_bytes,
-    )
+    app = web.Application(client_max_size=config.server.max_body_bytes)
     bus = EventBus()
     db = Database(state_dir / "agent.db", bus=bus, clock=clock)
     hasher = hasher or PasswordHasher(
@@ -157,6 +154,10 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
 
     endpoints = add_endpoints(app, ROUTE_TABLES)
     app[OPENAPI_KEY] = json.dumps(build_openapi(endpoints, version=__version__)).encode()
+    app.middlewares.append(make_api_middleware(
+        app, auth=app[AUTH_KEY], limits=app[RATE_LIMITS_KEY],
+        trusted_proxies=config.server.trusted_proxies, metrics=app[AGENT_METRICS_KEY],
+        access_log=config.logging.access_log))
     app.on_response_prepare.append(add_standard_headers)
 
     app.cleanup_ctx.append(_store_ctx)

@@ -3,6 +3,12 @@
 Called once by the CLI (never at import). Records from the standard library (aiohttp's
 internals) go through the same renderer. No traceback is ever written: an exception shows
 as its type and where it was raised, because exception texts and frames can hold secrets.
+
+The canonical access line (``http_request``, one per API request) has a fast path:
+``AccessLog`` writes the same JSON line, field for field and in the same order, without
+going through structlog's processor chain, to the same batched ``LineWriter``. It is only
+used when the log is JSON and the level lets info lines through; otherwise the middleware
+logs through structlog as any other event.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import re
 import sys
 import threading
+import time
 import traceback
 from collections.abc import MutableMapping
 from typing import Any, TextIO
@@ -21,7 +28,16 @@ from typing import Any, TextIO
 import pydantic_core
 import structlog
 
-__all__ = ["REDACTED", "LineWriter", "configure_logging", "flush_logs", "redact"]
+__all__ = [
+    "REDACTED",
+    "AccessLog",
+    "LineWriter",
+    "access_log",
+    "configure_logging",
+    "flush_logs",
+    "redact",
+    "reset_logging",
+]
 
 REDACTED = "[redacted]"
 _SENSITIVE = re.compile(
@@ -155,7 +171,81 @@ class LineWriter:
     msg = warning = error = critical = exception = fatal = log = _now
 
 
+class AccessLog:
+    """Writes the ``http_request`` line exactly as structlog renders it, in a few microseconds.
+
+    The fields are fixed and none of them names a secret (``redact`` would leave them alone);
+    ``path`` is the URL path without its query string, and no header is ever written. Text
+    that is plain printable ASCII without quotes or backslashes is written as is; anything
+    else goes through the same encoder as structlog's lines, so the escaping is identical.
+    The timestamp is structlog's ISO format (UTC, ``Z``), with the date and time up to the
+    second formatted once per second.
+    """
+
+    def __init__(self, writer: LineWriter) -> None:
+        self._writer = writer
+        self._second = -1
+        self._second_text = ""
+        self._texts: dict[str, str] = {}  # str -> its JSON form, for the few recurring values
+
+    def write(self, *, method: str, route: str | None, path: str, status: int,
+              duration_ms: float, principal: str | None, request_id: str) -> None:
+        """Write one access line (batched with the other info lines)."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._second_text = second, _utc_second(second)
+        micros = int((now - second) * 1_000_000)
+        stamp = (f"{self._second_text}.{micros:06d}Z" if micros else f"{self._second_text}Z")
+        text = self._text
+        self._writer.info(
+            f'{{"method":{text(method)},"route":{"null" if route is None else text(route)},'
+            f'"path":{text(path)},"status":{status},"duration_ms":{_json_float(duration_ms)},'
+            f'"principal":{"null" if principal is None else text(principal)},'
+            f'"event":"http_request","request_id":{text(request_id)},"level":"info",'
+            f'"timestamp":"{stamp}"}}')
+
+    def _text(self, value: str) -> str:
+        encoded = self._texts.get(value)
+        if encoded is None:
+            encoded = _json_text(value)
+            if len(self._texts) >= 4096:
+                self._texts.clear()
+            self._texts[value] = encoded
+        return encoded
+
+
+def _utc_second(second: int) -> str:
+    t = time.gmtime(second)
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}")
+
+
+_PLAIN = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*')
+
+
+def _json_text(value: str) -> str:
+    if _PLAIN.fullmatch(value):
+        return f'"{value}"'
+    return pydantic_core.to_json(value).decode()
+
+
+def _json_float(value: float) -> str:
+    # repr and pydantic-core's encoder agree on finite floats below 1e16 (the shortest digits
+    # that read back the same); beyond that, or for inf/nan, use the encoder itself.
+    if -1e16 < value < 1e16:
+        return repr(value)
+    return pydantic_core.to_json(value).decode()
+
+
 _writers: list[LineWriter] = []
+_access_log: AccessLog | None = None
+_flush_at_exit = False
+
+
+def access_log() -> AccessLog | None:
+    """The fast writer for access lines, or None: then log ``http_request`` through structlog."""
+    return _access_log
 
 
 def flush_logs() -> None:
@@ -171,14 +261,17 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     ``cache_loggers=False`` lets a test configure logging again later (cached loggers keep
     the configuration they were first used with).
     """
+    global _access_log, _flush_at_exit
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = _render_json if use_json else structlog.dev.ConsoleRenderer(colors=False)
     flush_logs()
     writer = LineWriter(stream)
-    if not _writers:
+    if not _flush_at_exit:
         atexit.register(flush_logs)
+        _flush_at_exit = True
     _writers[:] = [writer]
+    _access_log = AccessLog(writer) if use_json and _LEVELS[level] <= logging.INFO else None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -196,3 +289,12 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     root.handlers[:] = [_StdlibBridge()]
     root.setLevel(max(_LEVELS[level], logging.WARNING))
 
+
+
+def reset_logging() -> None:
+    """Undo ``configure_logging``: structlog's defaults, no fast access line (for tests)."""
+    global _access_log
+    flush_logs()
+    _access_log = None
+    _writers.clear()
+    structlog.reset_defaults()

@@ -10,6 +10,7 @@ and service gauges are produced at scrape time from the cached snapshot by
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,13 +25,29 @@ from prometheus_client.exposition import choose_encoder
 from agent.metrics.sampler import Sampler
 from agent.metrics.snapshot import Snapshot
 
-__all__ = ["LATENCY_BUCKETS", "AgentMetrics", "SnapshotCollector"]
+__all__ = ["LATENCY_BUCKETS", "AgentMetrics", "RequestSeries", "SnapshotCollector"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0)
 
 _SERVICE_LABELS = ("service", "service_id", "runtime")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestSeries:
+    """The labelled request counter and latency histogram of one (method, route, status):
+    observing a request is an increment and a histogram observation, no label lookups."""
+
+    __slots__ = ("_count", "_latency")
+
+    def __init__(self, count: Any, latency: Any) -> None:
+        self._count = count
+        self._latency = latency
+
+    def observe(self, seconds: float) -> None:
+        """Count one request that took ``seconds``."""
+        self._count.inc()
+        self._latency.observe(max(0.0, seconds))
 
 
 class AgentMetrics:
@@ -59,12 +76,23 @@ class AgentMetrics:
             ("result",), registry=self.registry)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        self._series: dict[tuple[str, str, int], RequestSeries] = {}
+
+    def request_series(self, method: str, route: str, status: int) -> RequestSeries:
+        """The series to count requests of ``method`` on ``route`` (the pattern, e.g.
+        ``/v1/projects/{id}``) answered with ``status``; made once, then reused."""
+        method = method if method in _METHODS else "OTHER"  # clients choose methods freely
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = RequestSeries(self._requests.labels(method, route, str(status)),
+                                   self._latency.labels(method, route))
+            self._series[key] = series
+        return series
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request (``route`` is the pattern, e.g. ``/v1/projects/{id}``)."""
-        method = method if method in _METHODS else "OTHER"  # clients choose methods freely
-        self._requests.labels(method, route, str(status)).inc()
-        self._latency.labels(method, route).observe(max(0.0, seconds))
+        self.request_series(method, route, status).observe(seconds)
 
     def service_restarted(self, service: str) -> None:
         """The supervisor restarted ``service`` (its name) after it exited."""

@@ -114,6 +114,10 @@ class LineWriter:
     no loop running, are written at once, after anything pending, so the order of lines is
     kept. A process killed with SIGKILL can lose up to ``delay`` seconds of info lines;
     ``flush`` (called at shutdown and at exit) writes whatever is pending.
+
+    ``later_record`` queues a line that is not rendered yet: a tuple whose first item renders
+    the whole tuple as the line. It is rendered when the batch is written, in its place among
+    the other lines (rendering hundreds of lines in one go is cheaper than one per request).
     """
 
     def __init__(self, stream: TextIO, *, delay: float = 0.05, max_pending: int = 1024) -> None:
@@ -121,11 +125,11 @@ class LineWriter:
         self._binary = getattr(stream, "buffer", None)
         self._delay = delay
         self._max_pending = max_pending
-        self._pending: list[str] = []
+        self._pending: list[str | tuple[Any, ...]] = []
         self._lock = threading.Lock()
         self._scheduled = False
 
-    def _later(self, message: str) -> None:
+    def _later(self, message: str | tuple[Any, ...]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -140,11 +144,16 @@ class LineWriter:
             self._scheduled = True
             loop.call_later(self._delay, self._scheduled_flush)
 
+    def later_record(self, record: tuple[Any, ...]) -> None:
+        """Queue ``record`` (``(render, *fields)``) to be rendered and written with the next
+        batch, or at once when no event loop runs on this thread."""
+        self._later(record)
+
     def _scheduled_flush(self) -> None:
         self._scheduled = False
         self.flush()
 
-    def _now(self, message: str) -> None:
+    def _now(self, message: str | tuple[Any, ...]) -> None:
         with self._lock:
             self._pending.append(message)
         self.flush()
@@ -154,7 +163,8 @@ class LineWriter:
         with self._lock:
             if not self._pending:
                 return
-            text = "\n".join(self._pending) + "\n"
+            text = "\n".join([item if isinstance(item, str) else item[0](item)
+                              for item in self._pending]) + "\n"
             self._pending.clear()
             try:
                 if self._binary is not None:
@@ -172,14 +182,15 @@ class LineWriter:
 
 
 class AccessLog:
-    """Writes the ``http_request`` line exactly as structlog renders it, in a few microseconds.
+    """Writes the ``http_request`` line exactly as structlog renders it, for a fraction of
+    the cost: on the request's path only its fields are queued (``LineWriter.later_record``);
+    the line is rendered with the rest of its batch.
 
     The fields are fixed and none of them names a secret (``redact`` would leave them alone);
     ``path`` is the URL path without its query string, and no header is ever written. Text
     that is plain printable ASCII without quotes or backslashes is written as is; anything
     else goes through the same encoder as structlog's lines, so the escaping is identical.
-    The timestamp is structlog's ISO format (UTC, ``Z``), with the date and time up to the
-    second formatted once per second.
+    The timestamp is structlog's ISO format (UTC, ``Z``) of the moment ``write`` was called.
     """
 
     def __init__(self, writer: LineWriter) -> None:
@@ -188,22 +199,26 @@ class AccessLog:
         self._second_text = ""
         self._texts: dict[str, str] = {}  # str -> its JSON form, for the few recurring values
 
-    def write(self, *, method: str, route: str | None, path: str, status: int,
-              duration_ms: float, principal: str | None, request_id: str) -> None:
-        """Write one access line (batched with the other info lines)."""
-        now = time.time()
+    def write(self, method: str, route: str | None, path: str, status: int, seconds: float,
+              principal: str | None, request_id: str) -> None:
+        """Log one answered request that took ``seconds`` (written as ``duration_ms``)."""
+        self._writer.later_record((self._render, time.time(), method, route, path, status,
+                                   seconds, principal, request_id))
+
+    def _render(self, record: tuple[Any, ...]) -> str:
+        _, now, method, route, path, status, seconds, principal, request_id = record
         second = int(now)
         if second != self._second:
             self._second, self._second_text = second, _utc_second(second)
         micros = int((now - second) * 1_000_000)
-        stamp = (f"{self._second_text}.{micros:06d}Z" if micros else f"{self._second_text}Z")
+        stamp = f"{self._second_text}.{micros:06d}Z" if micros else f"{self._second_text}Z"
         text = self._text
-        self._writer.info(
-            f'{{"method":{text(method)},"route":{"null" if route is None else text(route)},'
-            f'"path":{text(path)},"status":{status},"duration_ms":{_json_float(duration_ms)},'
-            f'"principal":{"null" if principal is None else text(principal)},'
-            f'"event":"http_request","request_id":{text(request_id)},"level":"info",'
-            f'"timestamp":"{stamp}"}}')
+        return (f'{{"method":{text(method)},"route":{"null" if route is None else text(route)},'
+                f'"path":{text(path)},"status":{status},'
+                f'"duration_ms":{_json_float(round(seconds * 1000, 2))},'
+                f'"principal":{"null" if principal is None else text(principal)},'
+                f'"event":"http_request","request_id":{text(request_id)},"level":"info",'
+                f'"timestamp":"{stamp}"}}')
 
     def _text(self, value: str) -> str:
         encoded = self._texts.get(value)

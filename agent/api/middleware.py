@@ -297,15 +297,14 @@ def _observe(metrics: AgentMetrics, info: _RouteInfo, method: str, status: int,
 
 def _log_access(request: web.Request, info: _RouteInfo, status: int, elapsed: float,
                 principal: Principal | None, request_id: str) -> None:
-    duration_ms = round(elapsed * 1000, 2)
     principal_id = principal.id if principal is not None else None
     fast = logconfig.access_log()
     if fast is not None:
-        fast.write(method=request.method, route=info.pattern, path=request.path, status=status,
-                   duration_ms=duration_ms, principal=principal_id, request_id=request_id)
+        fast.write(request.method, info.pattern, request.path, status, elapsed, principal_id,
+                   request_id)
     else:
         log.info("http_request", method=request.method, route=info.pattern, path=request.path,
-                 status=status, duration_ms=duration_ms, principal=principal_id)
+                 status=status, duration_ms=round(elapsed * 1000, 2), principal=principal_id)
 
 
 async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -10,7 +10,15 @@ import re
 import pytest
 import structlog
 
-from agent.logconfig import AccessLog, _is_sensitive, access_log, configure_logging, flush_logs, reset_logging
+from agent.logconfig import (
+    AccessLog,
+    LineWriter,
+    _is_sensitive,
+    access_log,
+    configure_logging,
+    flush_logs,
+    reset_logging,
+)
 
 _STAMP = re.compile(r'"timestamp":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{6})?Z)"')
 FIELDS = ["method", "route", "path", "status", "duration_ms", "principal", "event", "request_id",
@@ -30,7 +38,9 @@ def _both(**fields: object) -> tuple[str, str]:
                 "http_request", **{k: v for k, v in fields.items() if k != "request_id"})
         finally:
             structlog.contextvars.clear_contextvars()
-        fast.write(**fields)  # type: ignore[arg-type]
+        fast.write(method=fields["method"], route=fields["route"], path=fields["path"],  # type: ignore[arg-type]
+                   status=fields["status"], seconds=fields["duration_ms"] / 1000,  # type: ignore[operator]
+                   principal=fields["principal"], request_id=fields["request_id"])
         flush_logs()
     finally:
         reset_logging()
@@ -92,3 +102,24 @@ def test_fast_path_only_for_json_at_info() -> None:
     finally:
         reset_logging()
     assert access_log() is None
+
+
+async def test_queued_access_lines_keep_their_place_among_other_lines() -> None:
+    """An access line queued on the loop is written between the lines logged around it."""
+    stream = io.StringIO()
+    writer = LineWriter(stream)
+    access = AccessLog(writer)
+    writer.info("before")
+    access.write("GET", "/v1/health", "/v1/health", 200, 0.0015, None, "req_1")
+    assert stream.getvalue() == ""  # batched: nothing rendered or written yet
+    writer.error("after")
+    before, line, after = stream.getvalue().splitlines()
+    assert (before, after) == ("before", "after")
+    assert json.loads(line)["duration_ms"] == 1.5 and json.loads(line)["path"] == "/v1/health"
+
+
+def test_access_lines_without_a_loop_are_written_at_once() -> None:
+    """Outside an event loop the access line is rendered and written immediately."""
+    stream = io.StringIO()
+    AccessLog(LineWriter(stream)).write("GET", None, "/", 404, 0.0, None, "req_2")
+    assert json.loads(stream.getvalue())["status"] == 404

@@ -189,7 +189,7 @@ def _add_metrics(app: web.Application, config: AgentConfig, clock: Clock, db: Da
                                runtime_detector=runtime_detector)
     sampler.add_listener(instance.on_sample)
     agent_metrics = AgentMetrics()
-    agent_metrics.registry.register(SnapshotCollector(sampler, instance.degraded))
+    agent_metrics.add_collector(SnapshotCollector(sampler, instance.degraded))
     app[SAMPLER_KEY] = sampler
     app[INSTANCE_KEY] = instance
     app[AGENT_METRICS_KEY] = agent_metrics

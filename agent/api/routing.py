@@ -164,11 +164,26 @@ def _render(result: Any, status: int) -> web.StreamResponse:
     raise TypeError(f"handler returned {type(result).__name__}")
 
 
+_QUERY_CACHE_SIZE = 256
+
+
 def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    # Parsed queries by query string: a query model is frozen and depends on nothing else,
+    # and most clients send the same few query strings again and again.
+    queries: dict[str, BaseModel] = {}
+    query_model = endpoint.query
+
     async def handle(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
-        if endpoint.query is not None:
-            kwargs["query"] = parse_query(request, endpoint.query)
+        if query_model is not None:
+            raw = request.query_string
+            query = queries.get(raw)
+            if query is None:
+                query = parse_query(request, query_model)
+                if len(queries) >= _QUERY_CACHE_SIZE:
+                    queries.clear()
+                queries[raw] = query
+            kwargs["query"] = query
         if endpoint.body is not None:
             kwargs["body"] = await parse_body(request, endpoint.body)
         return _render(await endpoint.handler(request, **kwargs), endpoint.status)

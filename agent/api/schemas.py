@@ -23,7 +23,11 @@ class ApiModel(BaseModel):
 
 
 class QueryModel(BaseModel):
-    """Query parameters: strings coerced to the declared types, unknown ones ignored."""
+    """Query parameters: strings coerced to the declared types, unknown ones ignored.
+
+    A parsed query is reused for later requests with the same query string, so validation
+    must depend on the query string alone (no clock, no state).
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 

@@ -190,6 +190,7 @@ class Database:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._version_cursor: sqlite3.Cursor | None = None
         self._cache: dict[Hashable, Any] = {}
         self._data_version: int | None = None
         self._version_checked = False  # data_version was read in this loop iteration
@@ -200,6 +201,8 @@ class Database:
 
         self._writer = await loop.run_in_executor(self._executor, connect, self.path)
         self._reader = _reader(self.path)
+        self._version_cursor = self._reader.cursor()
+        self._version_cursor.row_factory = None  # a plain tuple: cheaper than sqlite3.Row
         self._loop = loop
 
     async def close(self) -> None:
@@ -209,6 +212,7 @@ class Database:
             writer, self._writer = self._writer, None
             await loop.run_in_executor(self._executor, writer.close)
         if self._reader is not None:
+            self._version_cursor = None
             self._reader.close()
             self._reader = None
         self._cache.clear()
@@ -259,7 +263,10 @@ class Database:
         return value
 
     def _check_version(self) -> None:
-        version = self.reader.execute("PRAGMA data_version").fetchone()[0]
+        cursor = self._version_cursor
+        if cursor is None:
+            raise StoreError("the database is not open")
+        version = cursor.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:
             self._cache.clear()
             self._data_version = version

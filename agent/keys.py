@@ -12,7 +12,7 @@ from agent.events import EventBus
 from agent.instance import InstanceService
 from agent.metrics import AgentMetrics, Sampler
 from agent.projects import ProjectService
-from agent.ratelimit import Decision, RateLimits
+from agent.ratelimit import RateLimits
 from agent.store import Database
 from agent.upstream import UpstreamLink
 from agent.webhooks import WebhookRuntime, WebhookService
@@ -29,7 +29,6 @@ __all__ = [
     "OPENAPI_KEY",
     "PRINCIPAL_KEY",
     "PROJECTS_KEY",
-    "RATE_DECISION_KEY",
     "RATE_LIMITS_KEY",
     "REQUEST_ID_KEY",
     "SAMPLER_KEY",
@@ -49,7 +48,6 @@ STARTED_AT_KEY = web.AppKey("started_at", float)
 
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
-RATE_DECISION_KEY = web.RequestKey("rate_decision", Decision)
 PROJECTS_KEY = web.AppKey("projects", ProjectService)
 ACCOUNTS_KEY = web.AppKey("accounts", AccountService)
 OPENAPI_KEY = web.AppKey("openapi", bytes)

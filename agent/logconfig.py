@@ -146,8 +146,15 @@ class LineWriter:
 
     def later_record(self, record: tuple[Any, ...]) -> None:
         """Queue ``record`` (``(render, *fields)``) to be rendered and written with the next
-        batch, or at once when no event loop runs on this thread."""
-        self._later(record)
+        batch, or at once when no event loop runs on this thread (and none is pending)."""
+        if not self._scheduled:
+            self._later(record)  # finds the loop, schedules the batch
+            return
+        with self._lock:
+            self._pending.append(record)
+            full = len(self._pending) >= self._max_pending
+        if full:
+            self.flush()
 
     def _scheduled_flush(self) -> None:
         self._scheduled = False

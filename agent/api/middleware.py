@@ -42,7 +42,7 @@ from agent.errors import (
     error_for_status,
     from_exception,
 )
-from agent.keys import PRINCIPAL_KEY, RATE_DECISION_KEY, REQUEST_ID_KEY
+from agent.keys import PRINCIPAL_KEY, REQUEST_ID_KEY
 from agent.metrics.prometheus import AgentMetrics, RequestSeries
 from agent.ratelimit import Decision, RateLimits
 
@@ -140,8 +140,26 @@ def _in(address: str, networks: tuple[_Network, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
-def _bearer(header: str) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header; Unauthorized if malformed."""
+_BEARER_CACHE_SIZE = 4096
+
+
+def _bearer(header: str, seen: dict[str, str]) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; Unauthorized if malformed.
+
+    ``seen`` remembers well-formed headers (a client sends the same one on every request),
+    and hands back the same token string each time, whose hash is then already known.
+    """
+    token = seen.get(header)
+    if token is not None:
+        return token
+    token = _parse_bearer(header)
+    if len(seen) >= _BEARER_CACHE_SIZE:
+        seen.clear()
+    seen[header] = token
+    return token
+
+
+def _parse_bearer(header: str) -> str:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if (scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_LENGTH
@@ -158,6 +176,7 @@ class _Settings:
     trusted: tuple[_Network, ...]
     metrics: AgentMetrics | None
     access_log: bool
+    bearers: dict[str, str] = field(default_factory=dict)  # header -> token, see _bearer
 
 
 def make_api_middleware(app: web.Application, *, auth: AuthService, limits: RateLimits,
@@ -256,7 +275,7 @@ def _admit(request: web.Request, settings: _Settings, endpoint: Endpoint | None,
     header = request.headers.get("Authorization")
     if header is not None:
         try:
-            principal = settings.auth.authenticate(_bearer(header))
+            principal = settings.auth.authenticate(_bearer(header, settings.bearers))
         except Unauthorized as exc:
             auth_error = exc
 
@@ -268,7 +287,6 @@ def _admit(request: web.Request, settings: _Settings, endpoint: Endpoint | None,
     charge = limits.enabled and (endpoint is None or endpoint.rate_limited)
     decision = limiter.charge(key) if charge else limiter.peek(key)
     exchange.decision = decision
-    request[RATE_DECISION_KEY] = decision
     if not decision.allowed:
         raise RateLimited(f"Rate limit of {decision.limit} requests per hour exceeded",
                           headers={"Retry-After": str(decision.retry_after)})

@@ -171,7 +171,8 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
     # Parsed queries by query string: a query model is frozen and depends on nothing else,
     # and most clients send the same few query strings again and again.
     queries: dict[str, BaseModel] = {}
-    query_model = endpoint.query
+    query_model, body_model = endpoint.query, endpoint.body
+    handler, status = endpoint.handler, endpoint.status
 
     async def handle(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
@@ -184,9 +185,12 @@ def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
                     queries.clear()
                 queries[raw] = query
             kwargs["query"] = query
-        if endpoint.body is not None:
-            kwargs["body"] = await parse_body(request, endpoint.body)
-        return _render(await endpoint.handler(request, **kwargs), endpoint.status)
+        if body_model is not None:
+            kwargs["body"] = await parse_body(request, body_model)
+        result = await handler(request, **kwargs)
+        if isinstance(result, web.StreamResponse):
+            return result
+        return _render(result, status)
 
     handle.__name__ = endpoint.name
     return handle

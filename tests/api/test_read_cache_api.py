@@ -156,3 +156,17 @@ def test_the_reader_cannot_write(tmp_path: object) -> None:
             raise AssertionError("the reader wrote")
     finally:
         reader.close()
+
+
+async def test_parsed_queries_are_reused_and_bad_ones_refused_every_time(
+        client: Client, admin_headers: dict[str, str]) -> None:
+    """A query string parsed once answers the same way again; an invalid one is a 400 each
+    time (failures are not kept)."""
+    for name in ("q-one", "q-two"):
+        assert (await client.post("/v1/projects", headers=admin_headers,
+                                  json={"name": name})).status == 201
+    for _ in range(2):
+        page = await (await client.get("/v1/projects?limit=1", headers=admin_headers)).json()
+        assert [p["name"] for p in page["data"]] == ["q-one"] and page["next_cursor"]
+        await assert_error(await client.get("/v1/projects?limit=0", headers=admin_headers),
+                           400, "invalid_request")

@@ -119,6 +119,28 @@ def run_wrk(url: str, *, duration: int, connections: int, threads: int, pid: int
                   requests=total, cpu_us=cpu * 1e6 / max(total, 1))
 
 
+_RSS_OF_IMPORT = """
+import sys
+if sys.argv[1] == "without":
+    sys.modules["rich"] = None  # what structlog finds in a venv without the test extras
+import agent.app, agent.cli  # everything serve imports, with or without rich
+for line in open("/proc/self/status"):
+    if line.startswith("VmRSS:"):
+        print(int(line.split()[1]) / 1024)
+"""
+
+
+def rich_overhead_mb(python: str) -> float | None:
+    """How much of the agent's RSS is rich, which structlog imports when it is installed (in
+    the development venv it comes with the test extras; a production install has none)."""
+    probe = subprocess.run([python, "-c", "import rich"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return None
+    sizes = [float(subprocess.run([python, "-c", _RSS_OF_IMPORT, mode], capture_output=True,
+                                  text=True, check=True).stdout) for mode in ("with", "without")]
+    return sizes[0] - sizes[1]
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -254,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
               f"(target >= 0.5); by CPU per request: {cpu_bare / min(r.cpu_us for r in runs):.2f}"
               f"; RSS idle {agent.idle_rss:.1f} MB (target <= 60), after load "
               f"{agent.busy_rss:.1f} MB; log lines {log_lines[agent.event_loop]}")
+    rich = rich_overhead_mb(args.agent_python)
+    if rich is not None:
+        print(f"note: {rich:.1f} MB of each RSS is rich, imported by structlog because this venv "
+              f"has it (test extras); an install without them (pip install .) does not: "
+              f"--agent-python measures one")
     print("all rounds, requests/s: bare " + ", ".join(f"{r.rps:,.0f}" for r in bare) + "; "
           + "; ".join(f"{loop} " + ", ".join(f"{r.rps:,.0f}" for r in runs)
                       for loop, runs in results.items()))

@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 from collections.abc import MutableMapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import pydantic_core
@@ -30,6 +31,7 @@ import structlog
 
 __all__ = [
     "REDACTED",
+    "REQUEST_ID",
     "AccessLog",
     "LineWriter",
     "access_log",
@@ -40,6 +42,9 @@ __all__ = [
 ]
 
 REDACTED = "[redacted]"
+# The id of the API request being handled (set by the middleware; each request runs in a task
+# of its own, so it never leaks into another request). Every line logged meanwhile carries it.
+REQUEST_ID: ContextVar[str | None] = ContextVar("dployr_request_id", default=None)
 _SENSITIVE = re.compile(
     r"(^|_)(password|passwd|secret|token|authorization|cookie|api_key|credentials?)$",
     re.IGNORECASE)
@@ -78,6 +83,14 @@ def _render_json(_logger: Any, _name: str, event_dict: MutableMapping[str, Any])
 
 
 EventDict = MutableMapping[str, Any]
+
+
+def _add_request_id(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the current request's id, as ``request_id``."""
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    return event_dict
 
 
 def _drop_exc_info(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
@@ -297,6 +310,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_request_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,

@@ -63,7 +63,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 _REQUEST_ID_PREFIX = "req_" + secrets.token_hex(5)
 _request_counter = itertools.count(1)
 
-_bind_request_id = structlog.contextvars.bind_contextvars
+_set_request_id = logconfig.REQUEST_ID.set
 
 
 class _Exchange:
@@ -216,9 +216,9 @@ def make_api_middleware(app: web.Application, *, auth: AuthService, limits: Rate
         exchange = _Exchange(request_id)
         request[_EXCHANGE_KEY] = exchange
         request[REQUEST_ID_KEY] = request_id
-        # Each request runs in its own task (a copy of the connection's context), so nothing
-        # bound by an earlier request on the connection is visible here: no clearing needed.
-        _bind_request_id(request_id=request_id)
+        # Each request runs in its own task (a copy of the connection's context): setting the
+        # variable here never leaks into another request.
+        _set_request_id(request_id)
         route = request.match_info.route
         info = routes.get(route) or route_info(route)
         principal: Principal | None = None

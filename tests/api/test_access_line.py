@@ -58,3 +58,34 @@ async def test_access_log_off_writes_no_request_lines(aiohttp_client: Any, state
         client: TestClient = await aiohttp_client(app)
         assert (await client.get("/v1/health")).status == 200
         assert log.events("http_request") == []
+
+
+async def test_lines_logged_during_a_request_carry_its_id_and_no_other(
+        aiohttp_client: Any, state_dir: Path) -> None:
+    """Two overlapping requests each log with their own request id; a line logged outside any
+    request has none."""
+    import asyncio
+
+    import structlog
+    from aiohttp import web
+
+    both_inside = asyncio.Barrier(2)
+
+    async def work(request: web.Request) -> web.Response:
+        await both_inside.wait()  # the two requests are in flight at the same time
+        structlog.get_logger("t").info("working", tag=request.query["tag"])
+        return web.Response(text="ok")
+
+    app = create_app(make_config(state_dir), admin=AdminSeed(ADMIN_EMAIL, ADMIN_PASSWORD))
+    app.router.add_get("/v1/test-only/work", work)
+    with captured_agent_log("info") as log:
+        client: TestClient = await aiohttp_client(app)
+        responses = await asyncio.gather(
+            client.get("/v1/test-only/work?tag=a", headers={"X-Request-ID": "id-a"}),
+            client.get("/v1/test-only/work?tag=b", headers={"X-Request-ID": "id-b"}))
+        assert [r.status for r in responses] == [200, 200]
+        structlog.get_logger("t").info("outside")
+        lines = {r["event"] + r.get("tag", ""): r for r in log.records()}
+    assert lines["workinga"]["request_id"] == "id-a"
+    assert lines["workingb"]["request_id"] == "id-b"
+    assert "request_id" not in lines["outside"]

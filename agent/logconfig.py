@@ -217,7 +217,9 @@ class AccessLog:
         self._writer = writer
         self._second = -1
         self._second_text = ""
-        self._texts: dict[str, str] = {}  # str -> its JSON form, for the few recurring values
+        # str -> its JSON form, for the few recurring values (methods, routes, paths, principals;
+        # request ids are new each time and are not kept)
+        self._texts: dict[str, str] = {}
 
     def write(self, method: str, route: str | None, path: str, status: int, seconds: float,
               principal: str | None, request_id: str) -> None:
@@ -237,7 +239,7 @@ class AccessLog:
                 f'"path":{text(path)},"status":{status},'
                 f'"duration_ms":{_json_float(round(seconds * 1000, 2))},'
                 f'"principal":{"null" if principal is None else text(principal)},'
-                f'"event":"http_request","request_id":{text(request_id)},"level":"info",'
+                f'"event":"http_request","request_id":{_json_text(request_id)},"level":"info",'
                 f'"timestamp":"{stamp}"}}')
 
     def _text(self, value: str) -> str:

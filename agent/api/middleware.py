@@ -328,10 +328,11 @@ def _log_access(request: web.Request, info: _RouteInfo, status: int, elapsed: fl
 async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: X-Request-ID and X-RateLimit-* on every response."""
     headers = response.headers
-    # Set before aiohttp's default ("Python/3.x aiohttp/3.x"): no versions for scanners.
+    # Replaces aiohttp's default ("Python/3.x aiohttp/3.x"): no versions for scanners.
     headers["Server"] = "dployr-agent"
-    exchange = request.get(_EXCHANGE_KEY)
-    if exchange is None:
+    try:
+        exchange = request[_EXCHANGE_KEY]
+    except KeyError:  # a request the middleware never saw
         return
     exchange.started = True
     headers["X-Request-ID"] = exchange.request_id

@@ -1,32 +1,33 @@
 """``create_app``: the only place where the agent's parts are built and wired together.
 
-Everything long-lived is a ``cleanup_ctx`` entry (set up in order, torn down in reverse).
-Nothing here reads the environment: the CLI passes what it read.
+Parts are built here and stored under typed keys (``agent.keys``); their lifetimes are the
+``cleanup_ctx`` entries of ``agent.lifecycle``; the seams between parts that were built
+without knowing each other are bridged in ``agent.adapters``. Nothing here reads the
+environment: the CLI passes what it read.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import secrets
-import sys
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping
 
-import structlog
 from aiohttp import web
 
 from agent import __version__
+from agent import lifecycle as life
+from agent.adapters import SupervisorView, proxy_state_source, supervisor_providers
 from agent.api import accounts as accounts_api
 from agent.api import auth as auth_api
+from agent.api import deployments as deployments_api
+from agent.api import env as env_api
 from agent.api import health as health_api
 from agent.api import instances as instances_api
+from agent.api import logs as logs_api
 from agent.api import projects as projects_api
+from agent.api import routes as routes_api
 from agent.api import scrape as scrape_api
 from agent.api import service_metrics as service_metrics_api
+from agent.api import services as services_api
 from agent.api import webhooks as webhooks_api
 from agent.api.middleware import add_standard_headers, make_api_middleware
 from agent.api.openapi import build_openapi
@@ -36,6 +37,8 @@ from agent.auth.accounts import AccountService
 from agent.auth.tokens import load_or_create_secret
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, parse_duration
+from agent.deployments import DeploymentService
+from agent.env import EnvService
 from agent.events import EventBus
 from agent.instance import InstanceService, RuntimeDetector
 from agent.keys import (
@@ -46,21 +49,28 @@ from agent.keys import (
     CLOCK_KEY,
     CONFIG_KEY,
     DB_KEY,
+    DEPLOYMENTS_KEY,
+    ENV_KEY,
     INSTANCE_KEY,
+    LOCATOR_KEY,
     OPENAPI_KEY,
     PROJECTS_KEY,
+    PROXY_KEY,
     RATE_LIMITS_KEY,
+    ROUTES_KEY,
     SAMPLER_KEY,
     STARTED_AT_KEY,
+    SUPERVISOR_KEY,
     UPSTREAM_KEY,
     WEBHOOK_RUNTIME_KEY,
     WEBHOOKS_KEY,
 )
+from agent.lifecycle import AdminSeed
+from agent.logs import LogManager
 from agent.metrics import (
     AgentMetrics,
     History,
     HostReader,
-    NoServices,
     PsutilHostReader,
     Sampler,
     ServiceSource,
@@ -68,51 +78,50 @@ from agent.metrics import (
 )
 from agent.metrics.processes import ProcessTreeSampler
 from agent.projects import ProjectService
+from agent.proxy import RouteService, ServiceLocator, make_backend
 from agent.ratelimit import RateLimits
-from agent.store import Database, StateLock, ensure_private_dir
+from agent.store import Database, ensure_private_dir
+from agent.supervisor.manager import Supervisor
+from agent.supervisor.process import ProcessRuntime
+from agent.supervisor.runtime import Runtime
 from agent.webhooks import WebhookRuntime, WebhookService
 
-__all__ = ["AdminSeed", "create_app"]
-
-log = structlog.get_logger("agent")
-
-CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+__all__ = ["ROUTE_TABLES", "AdminSeed", "create_app"]
 
 ROUTE_TABLES: tuple[EndpointTable, ...] = (
     health_api.routes,
     auth_api.routes,
     accounts_api.routes,
     projects_api.routes,
+    deployments_api.routes,
+    services_api.routes,
+    logs_api.routes,
+    env_api.routes,
     instances_api.routes,
     service_metrics_api.routes,
     scrape_api.routes,
-
     webhooks_api.routes,
+    routes_api.routes,
 )
-
-INITIAL_PASSWORD_FILE = "initial-admin-password"
-
-
-@dataclass(frozen=True, slots=True)
-class AdminSeed:
-    """The first admin to create when there are no users. No password: generate one."""
-
-    email: str = "admin@localhost"
-    password: str | None = None
 
 
 def create_app(config: AgentConfig, *, clock: Clock | None = None,
                hasher: PasswordHasher | None = None,
                admin: AdminSeed | None = None,
+               runtimes: Mapping[str, Runtime] | None = None,
                service_source: ServiceSource | None = None,
                host_reader: HostReader | None = None,
-               runtime_detector: RuntimeDetector | None = None) -> web.Application:
+               runtime_detector: RuntimeDetector | None = None,
+               locator: ServiceLocator | None = None) -> web.Application:
     """Build the agent's aiohttp application from its configuration.
 
-    ``clock`` and ``hasher`` may be replaced in tests. ``admin`` seeds the first user when
-    the store has none (by default ``admin@localhost`` with a generated password).
-    ``service_source`` lists the services the metrics sampler measures (none by default),
-    ``host_reader`` replaces the psutil host reads, ``runtime_detector`` the runtime probes.
+    Every keyword replaces one part, for tests: ``clock``, ``hasher`` (password hashing),
+    ``runtimes`` (runtime kind -> implementation; default the process runtime),
+    ``service_source`` (what the metrics sampler measures), ``host_reader`` (psutil host
+    reads), ``runtime_detector`` (the runtime version probes), ``locator`` (where the proxy
+    sends a service's traffic). By default the supervisor is both the locator and the
+    service source. ``admin`` seeds the first user when the store has none (by default
+    ``admin@localhost`` with a generated password).
     """
     clock = clock or SystemClock()
     state_dir = config.state.dir
@@ -124,14 +133,14 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     hasher = hasher or PasswordHasher(
         time_cost=config.auth.hash_time_cost, memory_kib=config.auth.hash_memory_kib,
         parallelism=config.auth.hash_parallelism, concurrency=config.auth.hash_concurrency)
-    secret = load_or_create_secret(state_dir / "jwt-secret")
 
     app[CONFIG_KEY] = config
     app[CLOCK_KEY] = clock
     app[BUS_KEY] = bus
     app[DB_KEY] = db
     app[STARTED_AT_KEY] = clock.monotonic()
-    app[AUTH_KEY] = AuthService(db, hasher, secret, config.auth, clock)
+    app[AUTH_KEY] = AuthService(db, hasher, load_or_create_secret(state_dir / "jwt-secret"),
+                                config.auth, clock)
     app[ACCOUNTS_KEY] = AccountService(db, hasher, clock,
                                        password_min_length=config.auth.password_min_length)
     app[PROJECTS_KEY] = ProjectService(db, clock)
@@ -141,18 +150,11 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
         unauthenticated=config.ratelimit.unauthenticated_per_hour,
         clock=clock, max_keys=config.ratelimit.max_tracked_clients)
 
-    _add_metrics(app, config, clock, db, service_source, host_reader, runtime_detector)
-
-    app[WEBHOOKS_KEY] = WebhookService(db, clock, config.webhooks)
-    app[WEBHOOK_RUNTIME_KEY] = WebhookRuntime(db, bus, clock, config.webhooks,
-                                              user_agent=f"dployr-agent/{__version__}")
-    if config.upstream.enabled:
-        from agent.upstream import UpstreamLink, default_providers, local_base_url
-
-        app[UPSTREAM_KEY] = UpstreamLink(
-            db, bus, clock, config.upstream, instance=config.instance,
-            base_url=local_base_url(config.server.listen),
-            providers=default_providers(clock, app[STARTED_AT_KEY], state_dir))
+    supervisor = _add_services(app, config, db, clock, runtimes)
+    view = SupervisorView(supervisor)
+    _add_proxy(app, config, db, clock, locator or view)
+    _add_metrics(app, config, clock, db, service_source or view, host_reader, runtime_detector)
+    _add_webhooks_and_upstream(app, config, db, bus, clock)
 
     endpoints = add_endpoints(app, ROUTE_TABLES)
 
@@ -163,16 +165,17 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
         access_log=config.logging.access_log))
     app.on_response_prepare.append(add_standard_headers)
 
-    app.cleanup_ctx.append(_store_ctx)
-    app.cleanup_ctx.append(_admin_ctx(admin or AdminSeed()))
-    app.cleanup_ctx.append(_metrics_ctx)
-
-    app.cleanup_ctx.append(_session_pruning_ctx)
-
-    app.cleanup_ctx.append(_webhooks_ctx)
+    app.cleanup_ctx.append(life.store_ctx)
+    app.cleanup_ctx.append(life.admin_ctx(admin or AdminSeed()))
+    app.cleanup_ctx.append(life.supervisor_ctx)
+    app.cleanup_ctx.append(life.proxy_ctx)
+    app.cleanup_ctx.append(life.metrics_ctx)
+    app.cleanup_ctx.append(life.session_pruning_ctx)
+    app.cleanup_ctx.append(life.webhooks_ctx)
+    app.on_shutdown.append(life.end_log_followers)
     if config.upstream.enabled:
-        app.cleanup_ctx.append(_upstream_ctx)
-        app.on_shutdown.append(_stop_upstream)
+        app.cleanup_ctx.append(life.upstream_ctx)
+        app.on_shutdown.append(life.stop_upstream)
     return app
 
 
@@ -190,8 +193,34 @@ def _openapi_once(endpoints: list[Endpoint]) -> Callable[[], bytes]:
     return openapi
 
 
+def _add_services(app: web.Application, config: AgentConfig, db: Database, clock: Clock,
+                  runtimes: Mapping[str, Runtime] | None) -> Supervisor:
+    """Supervision, logs, env vars and deployments."""
+    services = config.services
+    logs = LogManager(max_bytes=services.log_max_bytes, max_files=services.log_max_files,
+                      clock=clock)
+    env = EnvService(db, clock, max_bytes=services.env_value_max_bytes,
+                     max_vars=services.env_max_vars)
+    supervisor = Supervisor(db, clock, services, apps_dir=config.state.dir / "apps", logs=logs,
+                            env=env, runtimes=runtimes or {"process": ProcessRuntime()})
+    app[ENV_KEY] = env
+    app[SUPERVISOR_KEY] = supervisor
+    app[DEPLOYMENTS_KEY] = DeploymentService(db, clock, services, supervisor, env)
+    return supervisor
+
+
+def _add_proxy(app: web.Application, config: AgentConfig, db: Database, clock: Clock,
+               locator: ServiceLocator) -> None:
+    """Proxy routes and the backend that serves them."""
+    routes = RouteService(db, locator, clock)
+    app[LOCATOR_KEY] = locator
+    app[ROUTES_KEY] = routes
+    app[PROXY_KEY] = make_backend(config.proxy, routes, locator, clock)
+    app[DEPLOYMENTS_KEY].add_removal_hook(routes.delete_routes_for_service)
+
+
 def _add_metrics(app: web.Application, config: AgentConfig, clock: Clock, db: Database,
-                 service_source: ServiceSource | None, host_reader: HostReader | None,
+                 service_source: ServiceSource, host_reader: HostReader | None,
                  runtime_detector: RuntimeDetector | None) -> None:
     """The sampler, its history, the instance, and the Prometheus registry."""
     settings = config.metrics
@@ -200,10 +229,10 @@ def _add_metrics(app: web.Application, config: AgentConfig, clock: Clock, db: Da
                       resolution=parse_duration(settings.history_resolution))
     sampler = Sampler(interval=settings.interval, clock=clock,
                       host_reader=host_reader or PsutilHostReader(),
-                      processes=ProcessTreeSampler(), services=service_source or NoServices(),
-                      history=history)
+                      processes=ProcessTreeSampler(), services=service_source, history=history)
     instance = InstanceService(db=db, clock=clock, config=config, sampler=sampler,
                                runtime_detector=runtime_detector)
+    instance.set_proxy_state(proxy_state_source(app[PROXY_KEY]))
     sampler.add_listener(instance.on_sample)
     agent_metrics = AgentMetrics()
     agent_metrics.add_collector(SnapshotCollector(sampler, instance.degraded))
@@ -213,98 +242,19 @@ def _add_metrics(app: web.Application, config: AgentConfig, clock: Clock, db: Da
     instances_api.install(app)
 
 
-async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
-    sampler, instance = app[SAMPLER_KEY], app[INSTANCE_KEY]
-    await instance.start()
-    await sampler.tick()  # prime the cache: the first request finds a sample
-    sampler.start()
-    yield
-    await sampler.stop()
-    await instance.stop()
-    await asyncio.to_thread(sampler.close)
+def _add_webhooks_and_upstream(app: web.Application, config: AgentConfig, db: Database,
+                               bus: EventBus, clock: Clock) -> None:
+    """Webhook delivery from the outbox, and the control-plane link (when configured)."""
+    app[WEBHOOKS_KEY] = WebhookService(db, clock, config.webhooks)
+    app[WEBHOOK_RUNTIME_KEY] = WebhookRuntime(db, bus, clock, config.webhooks,
+                                              user_agent=f"dployr-agent/{__version__}")
+    if not config.upstream.enabled:
+        return  # the link's code is not even imported: about half a megabyte less at start
+    from agent.upstream import UpstreamLink, default_providers, local_base_url
 
-
-async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    lock = StateLock(app[CONFIG_KEY].state.dir)
-    lock.acquire()
-    db = app[DB_KEY]
-    try:
-        await db.open()
-    except BaseException:
-        lock.release()
-        raise
-    log.info("store_opened", path=str(db.path))
-    yield
-    await db.close()
-    lock.release()
-    log.info("store_closed")
-
-
-SESSION_PRUNE_INTERVAL = 3600.0
-
-
-async def _session_pruning_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Delete expired sessions and refresh tokens at start and then hourly."""
-
-    async def prune_forever() -> None:
-        while True:
-            try:
-                deleted = await app[AUTH_KEY].prune()
-                if deleted:
-                    log.info("sessions_pruned", count=deleted)
-            except Exception as exc:  # keep pruning later; the store reports its own errors
-                log.warning("session_prune_failed", error_type=type(exc).__name__)
-            await asyncio.sleep(SESSION_PRUNE_INTERVAL)
-
-    task = asyncio.create_task(prune_forever())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-async def _webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
-    runtime = app[WEBHOOK_RUNTIME_KEY]
-    await runtime.start()
-    yield
-    await runtime.stop()
-
-
-async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    link = app[UPSTREAM_KEY]
-    await link.start()
-    yield
-    await link.stop()
-
-
-async def _stop_upstream(app: web.Application) -> None:
-    # Before the server waits for in-flight requests: some of them are the link's own tasks.
-    await app[UPSTREAM_KEY].stop()
-
-
-def _admin_ctx(seed: AdminSeed) -> CleanupCtx:
-    async def bootstrap_admin(app: web.Application) -> AsyncIterator[None]:
-        password = seed.password or secrets.token_urlsafe(18)
-        created = await app[ACCOUNTS_KEY].ensure_initial_admin(seed.email, password)
-        if created and seed.password is None:
-            _announce_generated_password(app[CONFIG_KEY].state.dir, seed.email, password)
-        elif created:
-            log.info("initial_admin_created", email=seed.email)
-        yield
-
-    return bootstrap_admin
-
-
-def _announce_generated_password(state_dir: Path, email: str, password: str) -> None:
-    path = state_dir / INITIAL_PASSWORD_FILE
-    path.unlink(missing_ok=True)
-    # O_EXCL with 0600: the file never exists with looser permissions, even for a moment.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, f"{email}\n{password}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    # Printed once, deliberately not through the logger: it is the one secret a user must see.
-    print(f"dployr-agent: created the first admin {email} with password {password}\n"
-          f"dployr-agent: (also saved in {path}; delete it after logging in)", file=sys.stderr,
-          flush=True)
+    base = default_providers(clock, app[STARTED_AT_KEY], config.state.dir)
+    app[UPSTREAM_KEY] = UpstreamLink(
+        db, bus, clock, config.upstream, instance=config.instance,
+        base_url=local_base_url(config.server.listen),
+        providers=supervisor_providers(base, app[SUPERVISOR_KEY], app[INSTANCE_KEY],
+                                       app[SAMPLER_KEY]))

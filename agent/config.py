@@ -38,6 +38,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "DeployConfig",
+    "ProxyConfig",
     "load_config",
     "parse_duration",
     "parse_listen",
@@ -140,6 +141,12 @@ class ServicesConfig(_Section):
     allowed_local_roots: tuple[Path, ...] = ()
     log_max_bytes: int = Field(default=10 * 1_048_576, ge=4096, le=1 << 40)
     log_max_files: int = Field(default=5, ge=1, le=1000)
+    build_timeout: float = Field(default=600.0, gt=0, le=86_400)
+    startup_seconds: float = Field(default=1.0, ge=0, le=600)
+    wait_timeout: float = Field(default=60.0, gt=0, le=3600)
+    env_value_max_bytes: int = Field(default=32_768, ge=1, le=1_048_576)
+    env_max_vars: int = Field(default=500, ge=1, le=10_000)
+    stats_max_age: float = Field(default=1.0, ge=0, le=3600)
 
 
 GitScheme = Literal["https", "ssh", "http", "git", "file"]
@@ -274,6 +281,64 @@ class UpstreamConfig(_Section):
         return bool(self.url)
 
 
+class ProxyConfig(_Section):
+    """Proxy routes: which reverse proxy serves them and how it reaches the apps."""
+
+    backend: Literal["builtin", "caddy"] = "builtin"
+    listen: str = "127.0.0.1:8080"
+    trusted_proxies: tuple[str, ...] = ()
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    read_timeout: float = Field(default=60.0, gt=0, le=86_400)
+    max_connections_per_upstream: int = Field(default=256, ge=0, le=100_000)
+    upstream_keepalive_timeout: float = Field(default=30.0, gt=0, le=3600)
+    websocket_max_message_bytes: int = Field(default=16 * 1_048_576, ge=1024, le=1 << 30)
+    caddy_admin: str = "http://127.0.0.1:2019"
+    caddy_listen: tuple[str, ...] = ("127.0.0.1:8080",)
+    caddy_server_name: str = Field(default="dployr", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    caddy_poll_interval: float = Field(default=5.0, gt=0, le=3600)
+    caddy_reload_settle: float = Field(default=0.5, ge=0, le=60)
+    https: bool = False
+    acme_email: str = Field(default="", max_length=254)
+    acme_staging: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("caddy_listen")
+    @classmethod
+    def _check_caddy_listen(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one address is needed")
+        for item in value:
+            parse_listen(item)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("caddy_admin")
+    @classmethod
+    def _check_admin(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+            raise ValueError("expected an http URL, for example http://127.0.0.1:2019")
+        return value.rstrip("/")
+
+    @field_validator("acme_email")
+    @classmethod
+    def _check_email(cls, value: str) -> str:
+        if value and ("@" not in value or any(c.isspace() for c in value)):
+            raise ValueError("expected an email address")
+        return value
+
+
 class AgentConfig(_Section):
     """The whole configuration. Frozen: it never changes while the agent runs."""
 
@@ -286,9 +351,9 @@ class AgentConfig(_Section):
     services: ServicesConfig = ServicesConfig()
     deploy: DeployConfig = DeployConfig()
     metrics: MetricsConfig = MetricsConfig()
-
     webhooks: WebhooksConfig = WebhooksConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    proxy: ProxyConfig = ProxyConfig()
 
 
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]],

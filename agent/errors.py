@@ -15,6 +15,7 @@
     +-- BadGateway                  502 bad_gateway
     +-- ServiceUnavailable          503 unavailable
     |   +-- RuntimeUnavailable      503 runtime_unavailable
+    +-- GatewayTimeout              504 gateway_timeout
     +-- InsufficientStorage         507 insufficient_storage
 
 Each class carries its ``code`` and HTTP ``status``. Domain code raises these and nothing
@@ -37,6 +38,7 @@ __all__ = [
     "BadGateway",
     "Conflict",
     "Forbidden",
+    "GatewayTimeout",
     "InsufficientStorage",
     "InvalidRequest",
     "MethodNotAllowed",
@@ -149,6 +151,12 @@ class BadGateway(AgentError):
     default_message = "The upstream service did not answer"
 
 
+class GatewayTimeout(AgentError):
+    status = 504
+    code = "gateway_timeout"
+    default_message = "The upstream service did not answer in time"
+
+
 class ServiceUnavailable(AgentError):
     status = 503
     code = "unavailable"
@@ -200,7 +208,7 @@ _STATUS_CLASSES: dict[int, type[AgentError]] = {
     cls.status: cls
     for cls in (InvalidRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, Conflict,
                 PayloadTooLarge, UnsupportedMediaType, RateLimited, BadGateway,
-                ServiceUnavailable, InsufficientStorage)
+                GatewayTimeout, ServiceUnavailable, InsufficientStorage)
 }
 
 

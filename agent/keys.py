@@ -11,12 +11,16 @@ from agent.auth import AuthService, Principal
 from agent.auth.accounts import AccountService
 from agent.clock import Clock
 from agent.config import AgentConfig
+from agent.deployments import DeploymentService
+from agent.env import EnvService
 from agent.events import EventBus
 from agent.instance import InstanceService
 from agent.metrics import AgentMetrics, Sampler
 from agent.projects import ProjectService
+from agent.proxy import ProxyBackend, RouteService, ServiceLocator
 from agent.ratelimit import RateLimits
 from agent.store import Database
+from agent.supervisor.manager import Supervisor
 from agent.webhooks import WebhookRuntime, WebhookService
 
 if TYPE_CHECKING:  # imported only when the link is enabled (see create_app)
@@ -30,14 +34,20 @@ __all__ = [
     "CLOCK_KEY",
     "CONFIG_KEY",
     "DB_KEY",
+    "DEPLOYMENTS_KEY",
+    "ENV_KEY",
     "INSTANCE_KEY",
+    "LOCATOR_KEY",
     "OPENAPI_KEY",
     "PRINCIPAL_KEY",
     "PROJECTS_KEY",
+    "PROXY_KEY",
     "RATE_LIMITS_KEY",
     "REQUEST_ID_KEY",
+    "ROUTES_KEY",
     "SAMPLER_KEY",
     "STARTED_AT_KEY",
+    "SUPERVISOR_KEY",
     "UPSTREAM_KEY",
     "WEBHOOKS_KEY",
     "WEBHOOK_RUNTIME_KEY",
@@ -65,3 +75,11 @@ WEBHOOKS_KEY = web.AppKey("webhooks", WebhookService)
 WEBHOOK_RUNTIME_KEY = web.AppKey("webhook_runtime", WebhookRuntime)
 # Set only when [upstream] url is: the link's code is not even imported otherwise.
 UPSTREAM_KEY: web.AppKey[UpstreamLink] = web.AppKey("upstream")
+
+ROUTES_KEY = web.AppKey("routes", RouteService)
+# A Protocol cannot be passed as the key's type (mypy: type-abstract), hence the annotation.
+PROXY_KEY: web.AppKey[ProxyBackend] = web.AppKey("proxy")
+LOCATOR_KEY: web.AppKey[ServiceLocator] = web.AppKey("locator")
+SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
+ENV_KEY = web.AppKey("env", EnvService)
+DEPLOYMENTS_KEY = web.AppKey("deployments", DeploymentService)

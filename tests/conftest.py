@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from agent.app import AdminSeed, create_app
 from agent.config import AgentConfig
 from agent.testing import FakeClock
 from tests.support.agent import ADMIN_EMAIL, ADMIN_PASSWORD, LiveAgent, make_config
+from tests.support.services import Harness, kill_apps
 
 Client = TestClient  # the type of the ``client`` fixture
 
@@ -107,3 +108,35 @@ def live_agent(tmp_path: Path) -> Iterator[LiveAgent]:
 
 def have_binary(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+# -- services (supervisor, logs, env, local deployments) --------------------------------------
+
+@pytest.fixture
+def apps_root(tmp_path: Path) -> Path:
+    """The directory local deployments of a test may run from (allowed_local_roots)."""
+    path = tmp_path / "srv"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def services_config(state_dir: Path, apps_root: Path) -> dict[str, Any]:
+    """The ``[services]`` section of service tests: local apps allowed, quick startup."""
+    return {"allowed_local_roots": [str(apps_root)], "startup_seconds": 0.2}
+
+
+@pytest.fixture
+async def svc(make_client: Callable[..., Any], state_dir: Path, apps_root: Path,
+              services_config: dict[str, Any]) -> AsyncIterator[Harness]:
+    """An agent that may run apps from ``apps_root``; every app it started is killed after."""
+
+    async def remake() -> TestClient:
+        return await make_client(services=services_config)
+
+    client = await remake()
+    headers = bearer((await login(client))["access_token"])
+    try:
+        yield Harness(client, headers, apps_root, state_dir, remake)
+    finally:
+        kill_apps(state_dir)

@@ -50,7 +50,7 @@ async def test_list_and_get_show_every_documented_field(aiohttp_client: Any,
     assert by_self.status == "healthy" and by_self.reasons == []
     assert by_self.services.total == 0 and by_self.services.by_state == {}
     assert by_self.uptime_seconds > 0 and by_self.agent_uptime_seconds >= 0
-    assert by_self.proxy.backend == "none" and by_self.proxy.state == "unknown"
+    assert by_self.proxy.backend == "builtin" and by_self.proxy.state == "running"
     assert by_self.sampled_at is not None
 
 

@@ -51,6 +51,7 @@ def make_config(state_dir: Path, **sections: dict[str, Any]) -> AgentConfig:
         # Probing node/python/go/docker costs four processes per app; tests that need it
         # turn it back on or inject a detector.
         "metrics": {"detect_runtimes": False},
+        "proxy": {"listen": "127.0.0.1:0"},  # never the shared default 127.0.0.1:8080
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
@@ -106,6 +107,7 @@ class LiveAgent:
             "DPLOYR_SERVER__LISTEN": f"127.0.0.1:{self.port}",
             "DPLOYR_ADMIN_EMAIL": ADMIN_EMAIL,
             "DPLOYR_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "DPLOYR_PROXY__LISTEN": "127.0.0.1:0",
         })
         env.update(self.extra_env)
         return env

@@ -1,0 +1,229 @@
+"""LogManager: runs the captures of every service and tells followers about new lines.
+
+All capture work (reads, stamping, writes, rotation, hole punching) runs on one dedicated
+thread, so the event loop never waits on the disk and a capture is never used by two threads.
+Pumps are triggered by inotify the moment an app writes (with a slow safety poll, and a fast
+poll for files inotify refused). After each step that wrote lines, the service's ``changed``
+event fires and followers read on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from agent.clock import Clock
+from agent.logs.capture import LogCapture
+from agent.logs.files import LogFiles
+from agent.logs.inotify import Inotify, InotifyUnavailable
+from agent.supervisor.runtime import LogPaths
+
+__all__ = ["LogManager"]
+
+log = structlog.get_logger("agent.logs")
+T = TypeVar("T")
+
+_TICK = 0.5            # seconds between polls of files inotify does not watch
+_SAFETY_TICKS = 60     # every this many ticks, poll every running capture anyway
+
+
+@dataclass(eq=False)
+class _Entry:
+    service_id: str
+    capture: LogCapture
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    dirty: bool = False
+    live: bool = False          # a run may be writing: pump on inotify and polls
+    inotify: bool = False
+    closed: bool = False
+
+
+class LogManager:
+    """Owns the LogCapture of every service. ``open`` before use, ``close`` at shutdown."""
+
+    def __init__(self, *, max_bytes: int, max_files: int, clock: Clock) -> None:
+        self._max_bytes = max_bytes
+        self._max_files = max_files
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-capture")
+        self._inotify: Inotify | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def open(self) -> None:
+        try:
+            self._inotify = Inotify(self.kick)
+        except InotifyUnavailable as exc:
+            log.warning("log_inotify_unavailable", error=exc.strerror)
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def close(self) -> None:
+        """Finish pending pumps, save state, release files. Followers end."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        for service_id in list(self._entries):
+            await self.detach(service_id)
+        if self._inotify is not None:
+            self._inotify.close()
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _entry(self, service_id: str) -> _Entry:
+        entry = self._entries.get(service_id)
+        if entry is None:
+            raise KeyError(service_id)
+        return entry
+
+    # -- attaching services ------------------------------------------------------------------
+
+    async def attach(self, service_id: str, app_dir: Path) -> LogPaths:
+        """Open (creating) the capture of a service; return the raw paths its app writes to."""
+        if service_id in self._entries:
+            return self._entries[service_id].capture.raw_paths
+        capture = LogCapture(app_dir, max_bytes=self._max_bytes, max_files=self._max_files,
+                             now=self._clock.time)
+        await self._run(capture.open)
+        self._entries[service_id] = _Entry(service_id, capture)
+        return capture.raw_paths
+
+    async def detach(self, service_id: str, *, remove: bool = False) -> None:
+        """Take the last lines, close the capture (followers end); ``remove`` deletes the
+        service's app directory."""
+        entry = self._entries.pop(service_id, None)
+        if entry is None:
+            return
+        self.set_live(service_id, False, entry=entry)
+        entry.closed = True
+        if entry.task is not None:
+            with contextlib.suppress(Exception):
+                await entry.task
+        with contextlib.suppress(OSError):
+            await self._run(entry.capture.pump)
+        await self._run(entry.capture.close)
+        self._notify(entry)
+        if remove:
+            await asyncio.to_thread(shutil.rmtree, entry.capture.app_dir, True)
+
+    def set_live(self, service_id: str, live: bool, *, entry: _Entry | None = None) -> None:
+        """Watch the raw files while a run may write to them."""
+        entry = entry or self._entries.get(service_id)
+        if entry is None or entry.live == live:
+            return
+        entry.live = live
+        if live and self._inotify is not None:
+            try:
+                for path in (entry.capture.raw_paths.stdout, entry.capture.raw_paths.stderr):
+                    self._inotify.watch(service_id, path)
+                entry.inotify = True
+            except InotifyUnavailable as exc:
+                self._inotify.unwatch(service_id)
+                log.warning("log_inotify_watch_refused", service_id=service_id,
+                            error=exc.strerror)
+        elif not live and entry.inotify and self._inotify is not None:
+            self._inotify.unwatch(service_id)
+            entry.inotify = False
+        if live:
+            self.kick(service_id)
+
+    # -- pumping -----------------------------------------------------------------------------
+
+    def kick(self, service_id: str) -> None:
+        """Schedule a pump of the service's capture (coalesced with one in progress)."""
+        entry = self._entries.get(service_id)
+        if entry is None or entry.closed:
+            return
+        if entry.task is not None and not entry.task.done():
+            entry.dirty = True
+            return
+        entry.task = asyncio.get_running_loop().create_task(self._pump(entry))
+
+    async def _pump(self, entry: _Entry) -> None:
+        while not entry.closed:
+            entry.dirty = False
+            try:
+                written = await self._run(entry.capture.pump)
+            except OSError as exc:
+                log.warning("log_capture_failed", service_id=entry.service_id,
+                            error=exc.strerror)
+                return
+            if written:
+                self._notify(entry)
+            if not entry.dirty:
+                return
+
+    async def _poll(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(_TICK)
+            ticks += 1
+            for entry in list(self._entries.values()):
+                if entry.live and (not entry.inotify or ticks % _SAFETY_TICKS == 0):
+                    self.kick(entry.service_id)
+
+    def _notify(self, entry: _Entry) -> None:
+        event, entry.changed = entry.changed, asyncio.Event()
+        event.set()
+
+    async def drain(self, service_id: str, *, final: bool = False) -> None:
+        """Pump now and wait for it; ``final`` when the run has ended (takes a last line
+        without a newline)."""
+        entry = self._entry(service_id)
+        if entry.task is not None and not entry.task.done():
+            with contextlib.suppress(Exception):
+                await entry.task
+        if await self._run(lambda: entry.capture.pump(final=final)):
+            self._notify(entry)
+
+    async def reset_raw(self, service_id: str) -> None:
+        """A run ended, or one is about to start (no writer left): take the last lines, then
+        empty the raw files."""
+        entry = self._entry(service_id)
+        await self._run(entry.capture.reset_raw)
+        self._notify(entry)
+
+    async def note(self, service_id: str, text: str) -> None:
+        """Add a line of the agent's own (stream ``agent``) to the service's log."""
+        entry = self._entries.get(service_id)
+        if entry is None or entry.closed:
+            return
+        with contextlib.suppress(OSError):
+            await self._run(lambda: entry.capture.note(text))
+            self._notify(entry)
+
+    # -- for readers -------------------------------------------------------------------------
+
+    def files(self, service_id: str) -> LogFiles:
+        return self._entry(service_id).capture.files
+
+    def seq(self, service_id: str) -> int:
+        """The seq of the last line written."""
+        return self._entry(service_id).capture.seq
+
+    def stderr_tail(self, service_id: str) -> list[str]:
+        """The last lines the app wrote to stderr (up to 20)."""
+        return list(self._entry(service_id).capture.stderr_tail)
+
+    def changed(self, service_id: str) -> asyncio.Event | None:
+        """An event that fires at the next write (or at close); None once closed."""
+        entry = self._entries.get(service_id)
+        return None if entry is None or entry.closed or self._stopping else entry.changed
+
+    async def shutdown_followers(self) -> None:
+        """Wake every follower so that they notice the agent is stopping."""
+        self._stopping = True
+        for entry in self._entries.values():
+            self._notify(entry)

@@ -156,6 +156,8 @@ def start_agent(workdir: Path, port: int, *, python: str = sys.executable,
     env.update({
         "DPLOYR_STATE__DIR": str(workdir / "state"),
         "DPLOYR_SERVER__LISTEN": f"127.0.0.1:{port}",
+        # Each agent's built-in proxy on a port of its own (two agents run at once).
+        "DPLOYR_PROXY__LISTEN": f"127.0.0.1:{free_port()}",
         "DPLOYR_ADMIN_EMAIL": "bench@example.com",
         "DPLOYR_ADMIN_PASSWORD": "bench-password-1",
         # High enough never to refuse the benchmark; the limiter still runs on every request.
@@ -185,7 +187,11 @@ class Agent:
 
 def prepare_agent(agent: Agent, workdir: Path, projects: int) -> None:
     """Log in, create the projects, read the idle RSS, write the wrk script."""
-    wait_http(f"{agent.base}/v1/health")
+    try:
+        wait_http(f"{agent.base}/v1/health")
+    except RuntimeError:
+        tail = agent.log.read_text(errors="replace").splitlines()[-5:]
+        raise RuntimeError(f"the {agent.event_loop} agent did not start: " + " | ".join(tail)) from None
     tokens = request(f"{agent.base}/v1/auth/login",
                      body={"email": "bench@example.com", "password": "bench-password-1"})
     token = tokens["access_token"]  # type: ignore[index]

@@ -264,7 +264,10 @@ _PLAIN = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*')
 def _json_text(value: str) -> str:
     if _PLAIN.fullmatch(value):
         return f'"{value}"'
-    return pydantic_core.to_json(value).decode()
+    try:
+        return pydantic_core.to_json(value).decode()
+    except pydantic_core.PydanticSerializationError:  # lone surrogates (undecodable bytes)
+        return json.dumps(value)
 
 
 def _json_float(value: float) -> str:

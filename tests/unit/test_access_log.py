@@ -123,3 +123,12 @@ def test_access_lines_without_a_loop_are_written_at_once() -> None:
     stream = io.StringIO()
     AccessLog(LineWriter(stream)).write("GET", None, "/", 404, 0.0, None, "req_2")
     assert json.loads(stream.getvalue())["status"] == 404
+
+
+def test_undecodable_text_is_escaped_not_fatal() -> None:
+    """A path holding a lone surrogate (bytes that were not UTF-8) is written escaped, like
+    structlog's fallback does, and the batch is still written."""
+    stream = io.StringIO()
+    AccessLog(LineWriter(stream)).write("GET", None, "/v1/\udc80x", 404, 0.001, None, "req_3")
+    record = json.loads(stream.getvalue())
+    assert record["path"] == "/v1/\udc80x" and record["status"] == 404

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -28,7 +28,9 @@ from agent.proxy.routes import RouteService
 from agent.supervisor.manager import Supervisor
 from agent.supervisor.states import ServiceState
 from agent.supervisor.views import ServiceInfo
-from agent.upstream.providers import UpstreamProviders
+
+if TYPE_CHECKING:  # the upstream package is imported only when the link is enabled
+    from agent.upstream.providers import UpstreamProviders
 
 __all__ = [
     "SupervisorView",
@@ -121,6 +123,8 @@ def supervisor_providers(base: UpstreamProviders, supervisor: Supervisor,
         if snapshot is not None:
             summary["cpu_percent"] = snapshot.host.cpu.percent
         return summary
+
+    from agent.upstream.providers import UpstreamProviders
 
     return UpstreamProviders(status=status, services=services, metrics=metrics)
 

@@ -49,7 +49,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.logging.level, config.logging.format)
     os.umask(0o077)
     try:
-        asyncio.run(_serve(config))
+        with asyncio.Runner(loop_factory=_loop_factory(config.server.event_loop)) as runner:
+            runner.run(_serve(config))
     except (StoreError, _StartError) as exc:
         flush_logs()
         return _fail(str(exc))
@@ -59,6 +60,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         flush_logs()
     return 0
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``[server] event_loop`` asks for (None: asyncio's default loop).
+
+    uvloop is a dependency, so it is normally there; if it cannot be imported (a platform
+    without a wheel), the agent says so and runs on asyncio's loop rather than not at all.
+    """
+    if choice != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        import structlog
+        structlog.get_logger("agent").warning("event_loop_unavailable", event_loop="uvloop",
+                                              using="asyncio")
+        return None
+    return uvloop.new_event_loop
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 async def _serve(config: AgentConfig) -> None:
@@ -103,7 +126,8 @@ async def _serve(config: AgentConfig) -> None:
     try:
         if not stop.is_set():
             await site.start()
-            log.info("agent_listening", address=config.server.listen, version=__version__)
+            log.info("agent_listening", address=config.server.listen, version=__version__,
+                     event_loop=_loop_name(loop))
             notifier.notify("READY=1")
             async with notifier.watchdog():
                 await stop.wait()

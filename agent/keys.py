@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from agent.auth import AuthService, Principal
@@ -16,11 +19,13 @@ from agent.instance import InstanceService
 from agent.metrics import AgentMetrics, Sampler
 from agent.projects import ProjectService
 from agent.proxy import ProxyBackend, RouteService, ServiceLocator
-from agent.ratelimit import Decision, RateLimits
+from agent.ratelimit import RateLimits
 from agent.store import Database
 from agent.supervisor.manager import Supervisor
-from agent.upstream import UpstreamLink
 from agent.webhooks import WebhookRuntime, WebhookService
+
+if TYPE_CHECKING:  # imported only when the link is enabled (see create_app)
+    from agent.upstream import UpstreamLink
 
 __all__ = [
     "ACCOUNTS_KEY",
@@ -38,7 +43,6 @@ __all__ = [
     "PRINCIPAL_KEY",
     "PROJECTS_KEY",
     "PROXY_KEY",
-    "RATE_DECISION_KEY",
     "RATE_LIMITS_KEY",
     "REMOTE_DEPLOYMENTS_KEY",
     "REQUEST_ID_KEY",
@@ -61,17 +65,18 @@ STARTED_AT_KEY = web.AppKey("started_at", float)
 
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
-RATE_DECISION_KEY = web.RequestKey("rate_decision", Decision)
 PROJECTS_KEY = web.AppKey("projects", ProjectService)
 ACCOUNTS_KEY = web.AppKey("accounts", AccountService)
-OPENAPI_KEY = web.AppKey("openapi", bytes)
+# The OpenAPI document (JSON bytes), generated on the first call and then kept.
+OPENAPI_KEY: web.AppKey[Callable[[], bytes]] = web.AppKey("openapi")
 SAMPLER_KEY = web.AppKey("sampler", Sampler)
 INSTANCE_KEY = web.AppKey("instance", InstanceService)
 AGENT_METRICS_KEY = web.AppKey("agent_metrics", AgentMetrics)
 
 WEBHOOKS_KEY = web.AppKey("webhooks", WebhookService)
 WEBHOOK_RUNTIME_KEY = web.AppKey("webhook_runtime", WebhookRuntime)
-UPSTREAM_KEY = web.AppKey("upstream", UpstreamLink)
+# Set only when [upstream] url is: the link's code is not even imported otherwise.
+UPSTREAM_KEY: web.AppKey[UpstreamLink] = web.AppKey("upstream")
 
 ROUTES_KEY = web.AppKey("routes", RouteService)
 # A Protocol cannot be passed as the key's type (mypy: type-abstract), hence the annotation.

@@ -1,14 +1,21 @@
 """API throughput: an authenticated ``GET /v1/projects`` on a real agent vs a bare aiohttp server.
 
-Both servers run as separate single-process subprocesses on 127.0.0.1 and are driven by the
+All servers run as separate single-process subprocesses on 127.0.0.1 and are driven by the
 same load generator (wrk) in the same run, alternating, each ``--rounds`` times; the best
 round of each is compared. The agent runs as shipped: ``dployr-agent serve`` with its JSON
 log (one line per request) going to a file, rate limiting on (with a limit high enough not to
-refuse the benchmark), real argon2 cost, a real SQLite store with a few projects in it.
+refuse the benchmark), real argon2 cost, a real SQLite store with a few projects in it. It is
+measured once per ``--loops`` entry (``[server] event_loop``: uvloop, the default, and
+asyncio); the baseline is always the bare server as ``web.run_app`` runs it by default
+(asyncio's loop).
 
-Also reports the agent's idle RSS after start-up and a login.
+Also reports each agent's idle RSS after start-up, a login and the project creations.
+``--agent-python`` runs the agent with another interpreter, e.g. a venv with only the
+runtime dependencies (``pip install .``), which is what a server runs: the development venv
+also has the test extras, some of which (rich, through schemathesis) structlog imports.
 
     .venv/bin/python -m bench.api [--duration 10] [--connections 32] [--rounds 2]
+        [--loops uvloop,asyncio] [--agent-python PATH]
 """
 
 from __future__ import annotations
@@ -112,6 +119,28 @@ def run_wrk(url: str, *, duration: int, connections: int, threads: int, pid: int
                   requests=total, cpu_us=cpu * 1e6 / max(total, 1))
 
 
+_RSS_OF_IMPORT = """
+import sys
+if sys.argv[1] == "without":
+    sys.modules["rich"] = None  # what structlog finds in a venv without the test extras
+import agent.app, agent.cli  # everything serve imports, with or without rich
+for line in open("/proc/self/status"):
+    if line.startswith("VmRSS:"):
+        print(int(line.split()[1]) / 1024)
+"""
+
+
+def rich_overhead_mb(python: str) -> float | None:
+    """How much of the agent's RSS is rich, which structlog imports when it is installed (in
+    the development venv it comes with the test extras; a production install has none)."""
+    probe = subprocess.run([python, "-c", "import rich"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return None
+    sizes = [float(subprocess.run([python, "-c", _RSS_OF_IMPORT, mode], capture_output=True,
+                                  text=True, check=True).stdout) for mode in ("with", "without")]
+    return sizes[0] - sizes[1]
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -119,21 +148,62 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def start_agent(workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+def start_agent(workdir: Path, port: int, *, python: str = sys.executable,
+                event_loop: str | None = None) -> tuple[subprocess.Popen[bytes], Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DPLOYR_")}
+    if event_loop is not None:
+        env["DPLOYR_SERVER__EVENT_LOOP"] = event_loop
     env.update({
         "DPLOYR_STATE__DIR": str(workdir / "state"),
         "DPLOYR_SERVER__LISTEN": f"127.0.0.1:{port}",
+        # Each agent's built-in proxy on a port of its own (two agents run at once).
+        "DPLOYR_PROXY__LISTEN": f"127.0.0.1:{free_port()}",
         "DPLOYR_ADMIN_EMAIL": "bench@example.com",
         "DPLOYR_ADMIN_PASSWORD": "bench-password-1",
         # High enough never to refuse the benchmark; the limiter still runs on every request.
         "DPLOYR_RATELIMIT__AUTHENTICATED_PER_HOUR": "10000000",
     })
+    workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "agent.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "serve"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([python, "-m", "agent", "serve"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=workdir)
     return proc, log
+
+
+@dataclass
+class Agent:
+    """One agent under test: its process, log, token and figures."""
+
+    event_loop: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    base: str
+    script: Path | None = None
+    idle_rss: float = 0.0
+    busy_rss: float = 0.0
+    loop_seen: str = "?"
+
+
+def prepare_agent(agent: Agent, workdir: Path, projects: int) -> None:
+    """Log in, create the projects, read the idle RSS, write the wrk script."""
+    try:
+        wait_http(f"{agent.base}/v1/health")
+    except RuntimeError:
+        tail = agent.log.read_text(errors="replace").splitlines()[-5:]
+        raise RuntimeError(f"the {agent.event_loop} agent did not start: " + " | ".join(tail)) from None
+    tokens = request(f"{agent.base}/v1/auth/login",
+                     body={"email": "bench@example.com", "password": "bench-password-1"})
+    token = tokens["access_token"]  # type: ignore[index]
+    for n in range(projects):
+        request(f"{agent.base}/v1/projects", body={"name": f"project-{n}"}, token=token)
+    listed = request(f"{agent.base}/v1/projects", token=token)
+    assert len(listed["data"]) == projects  # type: ignore[index]
+    agent.script = workdir / f"auth-{agent.event_loop}.lua"
+    agent.script.write_text(AUTH_LUA.format(token=token))
+    for line in agent.log.read_text(errors="replace").splitlines():
+        if '"agent_listening"' in line:
+            agent.loop_seen = str(json.loads(line).get("event_loop", "?"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,67 +213,83 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="runs of each server, alternating")
     parser.add_argument("--projects", type=int, default=10, help="projects in the listed store")
+    parser.add_argument("--loops", default="uvloop,asyncio",
+                        help="agent event loops to measure, comma-separated")
+    parser.add_argument("--agent-python", default=sys.executable,
+                        help="interpreter that runs the agent (default: this one)")
     args = parser.parse_args(argv)
+    loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
 
     with tempfile.TemporaryDirectory(prefix="dployr-bench-") as tmp:
         workdir = Path(tmp)
-        hello_port, agent_port = free_port(), free_port()
+        hello_port = free_port()
         hello_script = workdir / "hello.py"
         hello_script.write_text(HELLO_SERVER)
         hello = subprocess.Popen([sys.executable, str(hello_script), str(hello_port)])
-        agent, log = start_agent(workdir, agent_port)
+        agents: list[Agent] = []
         try:
-            base = f"http://127.0.0.1:{agent_port}"
+            for loop in loops:
+                port = free_port()
+                proc, log = start_agent(workdir / loop, port, python=args.agent_python,
+                                        event_loop=loop)
+                agents.append(Agent(loop, proc, log, f"http://127.0.0.1:{port}"))
             wait_http(f"http://127.0.0.1:{hello_port}/")
-            wait_http(f"{base}/v1/health")
-            tokens = request(f"{base}/v1/auth/login",
-                             body={"email": "bench@example.com", "password": "bench-password-1"})
-            token = tokens["access_token"]  # type: ignore[index]
-            for n in range(args.projects):
-                request(f"{base}/v1/projects", body={"name": f"project-{n}"}, token=token)
-            listed = request(f"{base}/v1/projects", token=token)
-            assert len(listed["data"]) == args.projects  # type: ignore[index]
-            time.sleep(2)  # let the agent go idle before reading its memory
-            idle_rss = rss_mb(agent.pid)
-            script = workdir / "auth.lua"
-            script.write_text(AUTH_LUA.format(token=token))
+            for agent in agents:
+                prepare_agent(agent, workdir, args.projects)
+            time.sleep(2)  # let the agents go idle before reading their memory
+            for agent in agents:
+                agent.idle_rss = rss_mb(agent.proc.pid)
 
             bare: list[Result] = []
-            agent_results: list[Result] = []
+            results: dict[str, list[Result]] = {agent.event_loop: [] for agent in agents}
             for _ in range(args.rounds):
                 bare.append(run_wrk(f"http://127.0.0.1:{hello_port}/", duration=args.duration,
                                     connections=args.connections, threads=args.threads,
                                     pid=hello.pid))
-                agent_results.append(run_wrk(f"{base}/v1/projects", duration=args.duration,
-                                             connections=args.connections, threads=args.threads,
-                                             pid=agent.pid, script=script))
-            busy_rss = rss_mb(agent.pid)
+                for agent in agents:
+                    results[agent.event_loop].append(run_wrk(
+                        f"{agent.base}/v1/projects", duration=args.duration,
+                        connections=args.connections, threads=args.threads,
+                        pid=agent.proc.pid, script=agent.script))
+            for agent in agents:
+                agent.busy_rss = rss_mb(agent.proc.pid)
         finally:
-            for proc in (hello, agent):
+            for proc in (hello, *(agent.proc for agent in agents)):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
-        log_lines = sum(1 for _ in log.open("rb"))
+        log_lines = {agent.event_loop: sum(1 for _ in agent.log.open("rb")) for agent in agents}
 
     best_bare = max(bare, key=lambda r: r.rps)
-    best_agent = max(agent_results, key=lambda r: r.rps)
-    ratio = best_agent.rps / best_bare.rps
     cpu_bare = min(r.cpu_us for r in bare)
-    cpu_agent = min(r.cpu_us for r in agent_results)
     print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, best of {args.rounds} "
-          f"alternating rounds each, on {os.cpu_count()} CPUs")
+          f"alternating rounds each, on {os.cpu_count()} CPUs; agent interpreter "
+          f"{args.agent_python}")
     print("| server | requests/s | p50 ms | p99 ms | non-2xx | server CPU per request |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| bare aiohttp hello world | {best_bare.rps:,.0f} | {best_bare.p50_ms:.2f} | "
-          f"{best_bare.p99_ms:.2f} | {best_bare.non_2xx} | {cpu_bare:.0f} us |")
-    print(f"| agent GET /v1/projects (auth, {args.projects} projects) | {best_agent.rps:,.0f} | "
-          f"{best_agent.p50_ms:.2f} | {best_agent.p99_ms:.2f} | {best_agent.non_2xx} | "
-          f"{cpu_agent:.0f} us |")
-    print(f"ratio agent / bare, requests/s: {ratio:.2f} (target >= 0.5); "
-          f"by CPU per request: {cpu_bare / cpu_agent:.2f}")
-    print(f"agent RSS: idle {idle_rss:.1f} MB (target <= 60), after load {busy_rss:.1f} MB")
-    print(f"agent log lines written: {log_lines}")
-    print("all rounds, requests/s: bare " + ", ".join(f"{r.rps:,.0f}" for r in bare)
-          + "; agent " + ", ".join(f"{r.rps:,.0f}" for r in agent_results))
+    print(f"| bare aiohttp hello world (asyncio loop) | {best_bare.rps:,.0f} | "
+          f"{best_bare.p50_ms:.2f} | {best_bare.p99_ms:.2f} | {best_bare.non_2xx} | "
+          f"{cpu_bare:.0f} us |")
+    for agent in agents:
+        runs = results[agent.event_loop]
+        best = max(runs, key=lambda r: r.rps)
+        print(f"| agent GET /v1/projects (auth, {args.projects} projects), {agent.loop_seen} | "
+              f"{best.rps:,.0f} | {best.p50_ms:.2f} | {best.p99_ms:.2f} | {best.non_2xx} | "
+              f"{min(r.cpu_us for r in runs):.0f} us |")
+    for agent in agents:
+        runs = results[agent.event_loop]
+        best = max(runs, key=lambda r: r.rps)
+        print(f"{agent.loop_seen}: ratio agent / bare, requests/s: {best.rps / best_bare.rps:.2f} "
+              f"(target >= 0.5); by CPU per request: {cpu_bare / min(r.cpu_us for r in runs):.2f}"
+              f"; RSS idle {agent.idle_rss:.1f} MB (target <= 60), after load "
+              f"{agent.busy_rss:.1f} MB; log lines {log_lines[agent.event_loop]}")
+    rich = rich_overhead_mb(args.agent_python)
+    if rich is not None:
+        print(f"note: {rich:.1f} MB of each RSS is rich, imported by structlog because this venv "
+              f"has it (test extras); an install without them (pip install .) does not: "
+              f"--agent-python measures one")
+    print("all rounds, requests/s: bare " + ", ".join(f"{r.rps:,.0f}" for r in bare) + "; "
+          + "; ".join(f"{loop} " + ", ".join(f"{r.rps:,.0f}" for r in runs)
+                      for loop, runs in results.items()))
     return 0
 
 

@@ -33,4 +33,4 @@ async def get_health(request: web.Request) -> Health:
 @routes.get("/v1/openapi.json", summary="The OpenAPI 3.1 description of this API",
             access="public")
 async def get_openapi(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+    return web.Response(body=request.app[OPENAPI_KEY](), content_type="application/json")

@@ -1,10 +1,14 @@
-"""The request pipeline: request id -> error envelope -> auth -> rate limit -> canonical log line.
+"""The request pipeline, in one middleware: request id -> auth -> rate limit -> handler ->
+error envelope -> metrics and the canonical log line.
 
-``error_middleware`` (outermost) binds the request id, turns every exception into the
-seed's envelope and writes one log line per request. ``auth_middleware`` authenticates the
-bearer token, charges the rate limit, and checks the endpoint's access level. The standard
-headers (X-Request-ID, X-RateLimit-*) are added in ``on_response_prepare`` so that streamed
-responses get them too.
+``make_api_middleware`` captures everything it needs from the app when it is built (the
+auth service, the limiters, the endpoint table, the metrics, the access log setting), so a
+request costs no ``app[...]`` lookups; what it learns about each route (the endpoint, the
+route pattern, its metric series) is computed on the route's first request and kept.
+
+The standard headers (X-Request-ID, X-RateLimit-*, Server) are added in
+``on_response_prepare`` (``add_standard_headers``) because streamed responses are prepared by
+their handlers, before the middleware sees them.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ import secrets
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from aiohttp.web_urldispatcher import AbstractRoute
 
+from agent import logconfig
 from agent.api.routing import ENDPOINTS_KEY, Endpoint
-from agent.auth import Principal
+from agent.auth import AuthService, Principal
 from agent.errors import (
     AgentError,
     Forbidden,
@@ -34,17 +42,11 @@ from agent.errors import (
     error_for_status,
     from_exception,
 )
-from agent.keys import (
-    AGENT_METRICS_KEY,
-    AUTH_KEY,
-    CONFIG_KEY,
-    PRINCIPAL_KEY,
-    RATE_DECISION_KEY,
-    RATE_LIMITS_KEY,
-    REQUEST_ID_KEY,
-)
+from agent.keys import PRINCIPAL_KEY, REQUEST_ID_KEY
+from agent.metrics.prometheus import AgentMetrics, RequestSeries
+from agent.ratelimit import Decision, RateLimits
 
-__all__ = ["add_standard_headers", "client_address", "error_middleware", "make_auth_middleware"]
+__all__ = ["add_standard_headers", "client_address", "make_api_middleware"]
 
 log = structlog.get_logger("agent.api")
 
@@ -53,23 +55,38 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MAX_TOKEN_LENGTH = 4096
-# Set when a response of this request was prepared (its status line is committed).
-_STARTED_KEY = web.RequestKey("response_started", bool)
 # Tokens we issue are URL-safe base64 and dots; anything else cannot be one of ours.
 _TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
-
 
 # Request ids only need to be unique, not sortable or secret: a random per-process prefix and
 # a counter cost a fraction of ``new_id`` on a path that runs for every request.
 _REQUEST_ID_PREFIX = "req_" + secrets.token_hex(5)
 _request_counter = itertools.count(1)
 
+_set_request_id = logconfig.REQUEST_ID.set
 
-def _request_id(request: web.Request) -> str:
-    incoming = request.headers.get("X-Request-ID")
-    if incoming and _REQUEST_ID.fullmatch(incoming):
-        return incoming
-    return f"{_REQUEST_ID_PREFIX}{next(_request_counter):010x}"
+
+class _Exchange:
+    """What the middleware and the prepare hook share about one request."""
+
+    __slots__ = ("decision", "request_id", "started")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.decision: Decision | None = None
+        self.started = False  # a response was prepared: its status line is committed
+
+
+_EXCHANGE_KEY = web.RequestKey("exchange", _Exchange)
+
+
+@dataclass(slots=True)
+class _RouteInfo:
+    """What the middleware needs about one route, worked out once."""
+
+    endpoint: Endpoint | None
+    pattern: str | None  # the route pattern (``/v1/projects/{id}``), None when unmatched
+    series: dict[tuple[str, int], RequestSeries] = field(default_factory=dict)
 
 
 def _error_response(error: AgentError) -> web.Response:
@@ -102,70 +119,6 @@ def _where(exc: BaseException) -> str:
     return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}:{last.name}"
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind the request id, render every error as the envelope, log one line per request."""
-    request_id = _request_id(request)
-    request[REQUEST_ID_KEY] = request_id
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await _handle(request, handler)
-        status = response.status
-        return response
-    except asyncio.CancelledError:
-        status = 499  # the client went away
-        raise
-    finally:
-        if (metrics := request.app.get(AGENT_METRICS_KEY)) is not None:
-            resource = request.match_info.route.resource
-            metrics.observe_request(request.method, resource.canonical if resource else "unmatched",
-                                    status, time.perf_counter() - started)
-        if request.app[CONFIG_KEY].logging.access_log:
-            principal = request.get(PRINCIPAL_KEY)
-            route = request.match_info.route.resource
-            log.info("http_request", method=request.method,
-                     route=route.canonical if route is not None else None,
-                     path=request.path, status=status,
-                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                     principal=principal.id if principal else None)
-
-
-async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run the handler; any error becomes its envelope response.
-
-    An error after a streamed response was started cannot become an envelope (the status is
-    sent): it is logged and re-raised, and aiohttp closes the connection, which the client sees
-    as a truncated stream.
-    """
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        error = _translate_http(exc)
-        if request.get(_STARTED_KEY):
-            raise
-    except AgentError as exc:
-        error = exc
-        if request.get(_STARTED_KEY):
-            log.warning("stream_aborted", code=exc.code)
-            raise
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        error = from_exception(exc)
-        if error.status >= 500 or request.get(_STARTED_KEY):
-            # The type and place only: an exception's text may carry secrets.
-            log.error("request_failed", error_type=type(exc).__name__, where=_where(exc))
-            error.details["request_id"] = request[REQUEST_ID_KEY]
-        if request.get(_STARTED_KEY):
-            raise
-    return _error_response(error)
-
-
 def client_address(request: web.Request, trusted: tuple[_Network, ...]) -> str:
     """The client's address: the peer, or the nearest untrusted X-Forwarded-For hop when the
     peer is a trusted proxy."""
@@ -187,10 +140,26 @@ def _in(address: str, networks: tuple[_Network, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization")
-    if header is None:
-        return None
+_BEARER_CACHE_SIZE = 4096
+
+
+def _bearer(header: str, seen: dict[str, str]) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; Unauthorized if malformed.
+
+    ``seen`` remembers well-formed headers (a client sends the same one on every request),
+    and hands back the same token string each time, whose hash is then already known.
+    """
+    token = seen.get(header)
+    if token is not None:
+        return token
+    token = _parse_bearer(header)
+    if len(seen) >= _BEARER_CACHE_SIZE:
+        seen.clear()
+    seen[header] = token
+    return token
+
+
+def _parse_bearer(header: str) -> str:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if (scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_LENGTH
@@ -199,62 +168,178 @@ def _bearer(request: web.Request) -> str | None:
     return token
 
 
-def make_auth_middleware(trusted_proxies: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The auth and rate-limit middleware, with the trusted proxy networks parsed once."""
-    trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    auth: AuthService
+    limits: RateLimits
+    endpoints: dict[str, Endpoint]
+    trusted: tuple[_Network, ...]
+    metrics: AgentMetrics | None
+    access_log: bool
+    bearers: dict[str, str] = field(default_factory=dict)  # header -> token, see _bearer
+
+
+def make_api_middleware(app: web.Application, *, auth: AuthService, limits: RateLimits,
+                        trusted_proxies: tuple[str, ...], metrics: AgentMetrics | None,
+                        access_log: bool) -> Middleware:
+    """The agent's one middleware for ``app`` (its endpoints must be registered already).
+
+    For every request: bind the request id; authenticate the bearer token; charge the rate
+    limit (per principal, or per client address without a valid token); check the endpoint's
+    access level; run the handler; turn any error into the envelope; count the request in
+    the metrics and write the canonical ``http_request`` log line.
+    """
+    settings = _Settings(
+        auth=auth, limits=limits, endpoints=app[ENDPOINTS_KEY],
+        trusted=tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies),
+        metrics=metrics, access_log=access_log)
+    routes: dict[AbstractRoute, _RouteInfo] = {}
+    unmatched = _RouteInfo(endpoint=None, pattern=None)
+
+    def route_info(route: AbstractRoute) -> _RouteInfo:
+        resource = route.resource
+        if resource is None:  # 404 and 405 get a new system route each time: never kept
+            return unmatched
+        info = _RouteInfo(endpoint=settings.endpoints.get(route.name or ""),
+                          pattern=resource.canonical)
+        routes[route] = info
+        return info
 
     @web.middleware
-    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Authenticate, charge the rate limit, check the endpoint's access level."""
-        app = request.app
-        route_name = request.match_info.route.name
-        endpoint: Endpoint | None = app[ENDPOINTS_KEY].get(route_name) if route_name else None
+    async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID")
+        if incoming is not None and _REQUEST_ID.fullmatch(incoming):
+            request_id = incoming
+        else:
+            request_id = f"{_REQUEST_ID_PREFIX}{next(_request_counter):010x}"
+        exchange = _Exchange(request_id)
+        request[_EXCHANGE_KEY] = exchange
+        request[REQUEST_ID_KEY] = request_id
+        # Each request runs in its own task (a copy of the connection's context): setting the
+        # variable here never leaks into another request.
+        _set_request_id(request_id)
+        route = request.match_info.route
+        info = routes.get(route) or route_info(route)
         principal: Principal | None = None
-        auth_error: Unauthorized | None = None
+        status = 500
         try:
-            token = _bearer(request)
-            if token is not None:
-                principal = app[AUTH_KEY].authenticate(token)
+            try:
+                principal = _admit(request, settings, info.endpoint, exchange)
+                response = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400 or exchange.started:
+                    raise
+                error = _translate_http(exc)
+            except AgentError as exc:
+                error = exc
+                if exchange.started:
+                    log.warning("stream_aborted", code=exc.code)
+                    raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = from_exception(exc)
+                if error.status >= 500 or exchange.started:
+                    # The type and place only: an exception's text may carry secrets.
+                    log.error("request_failed", error_type=type(exc).__name__, where=_where(exc))
+                    error.details["request_id"] = request_id
+                if exchange.started:
+                    raise
+            else:
+                status = response.status
+                return response
+            status = error.status
+            return _error_response(error)
+        except web.HTTPException as exc:  # a redirect, or an error inside a started stream
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            if settings.metrics is not None:
+                _observe(settings.metrics, info, request.method, status, elapsed)
+            if settings.access_log:
+                _log_access(request, info, status, elapsed, principal, request_id)
+
+    return api_middleware
+
+
+def _admit(request: web.Request, settings: _Settings, endpoint: Endpoint | None,
+           exchange: _Exchange) -> Principal | None:
+    """Authenticate, charge the rate limit and check the access level; raise if refused."""
+    principal: Principal | None = None
+    auth_error: Unauthorized | None = None
+    header = request.headers.get("Authorization")
+    if header is not None:
+        try:
+            principal = settings.auth.authenticate(_bearer(header, settings.bearers))
         except Unauthorized as exc:
             auth_error = exc
 
-        limits = app[RATE_LIMITS_KEY]
-        if principal is not None:
-            limiter, key = limits.authenticated, principal.rate_key
-        else:
-            limiter, key = limits.unauthenticated, "ip:" + client_address(request, trusted)
-        charge = limits.enabled and (endpoint is None or endpoint.rate_limited)
-        decision = limiter.charge(key) if charge else limiter.peek(key)
-        request[RATE_DECISION_KEY] = decision
-        if not decision.allowed:
-            raise RateLimited(f"Rate limit of {decision.limit} requests per hour exceeded",
-                              headers={"Retry-After": str(decision.retry_after)})
+    limits = settings.limits
+    if principal is not None:
+        limiter, key = limits.authenticated, principal.rate_key
+    else:
+        limiter, key = limits.unauthenticated, "ip:" + client_address(request, settings.trusted)
+    charge = limits.enabled and (endpoint is None or endpoint.rate_limited)
+    decision = limiter.charge(key) if charge else limiter.peek(key)
+    exchange.decision = decision
+    if not decision.allowed:
+        raise RateLimited(f"Rate limit of {decision.limit} requests per hour exceeded",
+                          headers={"Retry-After": str(decision.retry_after)})
 
-        if endpoint is not None and endpoint.access != "public":
-            if principal is None:
-                raise auth_error or Unauthorized()
-            if not principal.allows(endpoint.access):
-                raise Forbidden(f"This action needs the {endpoint.access} role",
-                                details={"required_role": endpoint.access,
-                                         "your_role": principal.role})
-        if principal is not None:
-            request[PRINCIPAL_KEY] = principal
-        return await handler(request)
+    if endpoint is not None and endpoint.access != "public":
+        if principal is None:
+            raise auth_error or Unauthorized()
+        if not principal.allows(endpoint.access):
+            raise Forbidden(f"This action needs the {endpoint.access} role",
+                            details={"required_role": endpoint.access,
+                                     "your_role": principal.role})
+    if principal is not None:
+        request[PRINCIPAL_KEY] = principal
+    return principal
 
-    return auth_middleware
 
+def _observe(metrics: AgentMetrics, info: _RouteInfo, method: str, status: int,
+             seconds: float) -> None:
+    series = info.series.get((method, status))
+    if series is None:
+        series = metrics.request_series(method, info.pattern or "unmatched", status)
+        if len(info.series) < 64:  # methods x statuses seen on this route: small, but bounded
+            info.series[(method, status)] = series
+    series.observe(seconds)
+
+
+def _log_access(request: web.Request, info: _RouteInfo, status: int, elapsed: float,
+                principal: Principal | None, request_id: str) -> None:
+    principal_id = principal.id if principal is not None else None
+    fast = logconfig.access_log()
+    if fast is not None:
+        fast.write(request.method, info.pattern, request.path, status, elapsed, principal_id,
+                   request_id)
+    else:
+        log.info("http_request", method=request.method, route=info.pattern, path=request.path,
+                 status=status, duration_ms=round(elapsed * 1000, 2), principal=principal_id)
 
 
 async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: X-Request-ID and X-RateLimit-* on every response."""
-    request[_STARTED_KEY] = True
-    # Set before aiohttp's default ("Python/3.x aiohttp/3.x"): no versions for scanners.
-    response.headers["Server"] = "dployr-agent"
-    request_id = request.get(REQUEST_ID_KEY)
-    if request_id is not None:
-        response.headers["X-Request-ID"] = request_id
-    decision = request.get(RATE_DECISION_KEY)
+    headers = response.headers
+    # Replaces aiohttp's default ("Python/3.x aiohttp/3.x"): no versions for scanners.
+    headers["Server"] = "dployr-agent"
+    try:
+        exchange = request[_EXCHANGE_KEY]
+    except KeyError:  # a request the middleware never saw
+        return
+    exchange.started = True
+    headers["X-Request-ID"] = exchange.request_id
+    decision = exchange.decision
     if decision is not None:
-        for name, value in decision.headers().items():
-            if name != "Retry-After" or response.status == 429:
-                response.headers[name] = value
+        headers["X-RateLimit-Limit"] = str(decision.limit)
+        headers["X-RateLimit-Remaining"] = str(decision.remaining)
+        headers["X-RateLimit-Reset"] = str(decision.reset_at)
+        if not decision.allowed and response.status == 429:
+            headers["Retry-After"] = str(decision.retry_after)

@@ -35,6 +35,7 @@ __all__ = [
     "Endpoint",
     "EndpointTable",
     "add_endpoints",
+    "json_body_response",
     "json_response",
     "principal_of",
 ]
@@ -116,6 +117,11 @@ def json_response(model: BaseModel, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
+def json_body_response(body: bytes, status: int = 200) -> web.Response:
+    """A JSON response from bytes that are already the serialized response model."""
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
 async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     """The request body validated into ``model``.
 
@@ -158,14 +164,33 @@ def _render(result: Any, status: int) -> web.StreamResponse:
     raise TypeError(f"handler returned {type(result).__name__}")
 
 
+_QUERY_CACHE_SIZE = 256
+
+
 def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    # Parsed queries by query string: a query model is frozen and depends on nothing else,
+    # and most clients send the same few query strings again and again.
+    queries: dict[str, BaseModel] = {}
+    query_model, body_model = endpoint.query, endpoint.body
+    handler, status = endpoint.handler, endpoint.status
+
     async def handle(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
-        if endpoint.query is not None:
-            kwargs["query"] = parse_query(request, endpoint.query)
-        if endpoint.body is not None:
-            kwargs["body"] = await parse_body(request, endpoint.body)
-        return _render(await endpoint.handler(request, **kwargs), endpoint.status)
+        if query_model is not None:
+            raw = request.query_string
+            query = queries.get(raw)
+            if query is None:
+                query = parse_query(request, query_model)
+                if len(queries) >= _QUERY_CACHE_SIZE:
+                    queries.clear()
+                queries[raw] = query
+            kwargs["query"] = query
+        if body_model is not None:
+            kwargs["body"] = await parse_body(request, body_model)
+        result = await handler(request, **kwargs)
+        if isinstance(result, web.StreamResponse):
+            return result
+        return _render(result, status)
 
     handle.__name__ = endpoint.name
     return handle

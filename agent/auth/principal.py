@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 __all__ = ["ROLES", "Principal", "Role", "role_allows"]
@@ -26,12 +26,12 @@ class Principal:
     role: Role
     name: str
     session_id: str | None = None
+    # The key this caller's requests are counted under (made once: principals are cached).
+    rate_key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rate_key", f"{self.kind}:{self.id}")
 
     def allows(self, required: Role) -> bool:
         """Whether this caller's role covers ``required``."""
         return role_allows(self.role, required)
-
-    @property
-    def rate_key(self) -> str:
-        """The key this caller's requests are counted under."""
-        return f"{self.kind}:{self.id}"

@@ -3,7 +3,9 @@
 A login creates a *session*; its refresh tokens form one rotation family. Each refresh marks
 the presented token used and issues a new one. Presenting a used token again means it was
 stolen (or replayed): the whole session is revoked, which also kills its access tokens,
-because every bearer check looks the session up (one indexed read, inline).
+because every bearer check looks the session up. The lookup goes through ``Database.cached``:
+it is reused until the next commit to the store (by this agent or by the CLI), so a logout, a
+revocation or a removed user takes effect on the very next request.
 """
 
 from __future__ import annotations
@@ -156,6 +158,10 @@ class AuthService:
         elif claims.expires_at <= now:
             del self._verified[token]
             raise Unauthorized(_BAD_TOKEN)
+        return self._db.cached(("auth.session", claims.session_id, claims.user_id),
+                               self._session_principal, claims)
+
+    def _session_principal(self, claims: AccessClaims) -> Principal:
         row = self._db.query_one(
             "SELECT u.email, u.role, s.revoked_at FROM sessions s JOIN users u ON u.id = s.user_id"
             " WHERE s.id = ? AND u.id = ?", (claims.session_id, claims.user_id))
@@ -165,9 +171,15 @@ class AuthService:
                          session_id=claims.session_id)
 
     def _machine_principal(self, token: str) -> Principal:
+        # Unknown tokens raise, and so are never kept: guessing cannot fill the cache.
+        token_hash = hash_token(token)
+        return self._db.cached(("auth.api_token", token_hash), self._api_token_principal,
+                               token_hash)
+
+    def _api_token_principal(self, token_hash: str) -> Principal:
         row = self._db.query_one(
             "SELECT id, name, role FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
-            (hash_token(token),))
+            (token_hash,))
         if row is None:
             raise Unauthorized(_BAD_TOKEN)
         return Principal(kind="token", id=row["id"], role=row["role"], name=row["name"])

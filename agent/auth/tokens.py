@@ -1,8 +1,9 @@
 """Token formats: signed access JWTs, opaque refresh tokens and machine API tokens.
 
 Access tokens are JWTs signed with HS256 only (the algorithm is pinned on decode, so
-``alg: none`` and key-confusion tricks fail) and must carry exp, iat, jti, sub and sid.
-Refresh and machine tokens are random strings; only their SHA-256 is stored.
+``alg: none`` and key-confusion tricks fail; see ``agent.auth.hs256``) and must carry iss,
+exp, iat, jti, sub and sid. Refresh and machine tokens are random strings; only their
+SHA-256 is stored.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import jwt
-
+from agent.auth import hs256
 from agent.ids import new_id
 
 __all__ = [
@@ -29,10 +29,13 @@ __all__ = [
     "new_refresh_token",
 ]
 
-ALGORITHM = "HS256"
+ALGORITHM = hs256.ALGORITHM
 ISSUER = "dployr-agent"
 API_TOKEN_PREFIX = "dpl_"
 REFRESH_TOKEN_PREFIX = "dplr_"
+
+
+_REQUIRED = ("exp", "iat", "jti", "sub", "sid", "iss")
 
 
 class TokenError(Exception):
@@ -74,7 +77,7 @@ def issue_access_token(secret: bytes, *, user_id: str, session_id: str, now: flo
                           expires_at=issued + ttl)
     payload = {"iss": ISSUER, "sub": user_id, "sid": session_id, "jti": claims.jti,
                "iat": issued, "exp": claims.expires_at, "typ": "access"}
-    return jwt.encode(payload, secret, algorithm=ALGORITHM), claims
+    return hs256.encode(payload, secret), claims
 
 
 def decode_access_token(secret: bytes, token: str, *, now: float) -> AccessClaims:
@@ -83,13 +86,13 @@ def decode_access_token(secret: bytes, token: str, *, now: float) -> AccessClaim
     Every time check uses ``now`` (the agent's clock), never the library's own clock.
     """
     try:
-        payload = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
-            options={"require": ["exp", "iat", "jti", "sub", "sid", "iss"], "verify_exp": False,
-                     "verify_iat": False, "verify_nbf": False},
-        )
-    except (jwt.PyJWTError, UnicodeError, ValueError):
+        payload = hs256.decode(token, secret)
+    except hs256.InvalidToken:
         raise TokenError("invalid token") from None
+    if any(claim not in payload for claim in _REQUIRED) or payload["iss"] != ISSUER:
+        raise TokenError("invalid token")
+    if "aud" in payload:  # not meant for us (PyJWT refused these too)
+        raise TokenError("invalid token")
     exp, iat = payload.get("exp"), payload.get("iat")
     if payload.get("typ") != "access" or not isinstance(exp, int) or not isinstance(iat, int):
         raise TokenError("invalid token")

@@ -1,92 +1,34 @@
 """Prometheus exposition: the agent's own counters and the sampler's latest snapshot.
 
 Each app gets its own ``CollectorRegistry`` (never the global one), so two agents in one
-process (tests) do not share counters. ``AgentMetrics`` is the small object other parts
-use to count what they do (requests, restarts, deployments, webhook deliveries); the host
-and service gauges are produced at scrape time from the cached snapshot by
-``SnapshotCollector``: a scrape never samples.
+process (tests) do not share counters. ``AgentMetrics`` (in ``counters``) is the small object
+other parts use to count what they do (requests, restarts, deployments, webhook deliveries);
+the host and service gauges are produced at scrape time from the cached snapshot by
+``SnapshotCollector``: a scrape never samples. ``prometheus_client`` is imported at the first
+scrape, not when the agent starts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
-
+from agent.metrics.counters import LATENCY_BUCKETS, AgentMetrics, RequestSeries
 from agent.metrics.sampler import Sampler
 from agent.metrics.snapshot import Snapshot
 
-__all__ = ["LATENCY_BUCKETS", "AgentMetrics", "SnapshotCollector"]
+if TYPE_CHECKING:
+    from prometheus_client.core import GaugeMetricFamily, Metric
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0, 30.0)
+__all__ = ["LATENCY_BUCKETS", "AgentMetrics", "RequestSeries", "SnapshotCollector"]
 
 _SERVICE_LABELS = ("service", "service_id", "runtime")
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-class AgentMetrics:
-    """The agent's own counters, in a registry of its own.
-
-    Other parts call the ``*_`` methods; label values should come from small fixed sets
-    (a route pattern, never a raw path) to keep the number of series bounded.
-    """
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._requests = Counter(
-            "dployr_http_requests", "API requests answered, by route pattern and status",
-            ("method", "route", "status"), registry=self.registry)
-        self._latency = Histogram(
-            "dployr_http_request_duration_seconds", "Time to answer an API request",
-            ("method", "route"), buckets=LATENCY_BUCKETS, registry=self.registry)
-        self._restarts = Counter(
-            "dployr_service_restarts", "Automatic restarts of a service by the supervisor",
-            ("service",), registry=self.registry)
-        self._deployments = Counter(
-            "dployr_deployments", "Deployments finished, by result",
-            ("result",), registry=self.registry)
-        self._webhooks = Counter(
-            "dployr_webhook_deliveries", "Webhook delivery attempts, by result",
-            ("result",), registry=self.registry)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count one answered request (``route`` is the pattern, e.g. ``/v1/projects/{id}``)."""
-        method = method if method in _METHODS else "OTHER"  # clients choose methods freely
-        self._requests.labels(method, route, str(status)).inc()
-        self._latency.labels(method, route).observe(max(0.0, seconds))
-
-    def service_restarted(self, service: str) -> None:
-        """The supervisor restarted ``service`` (its name) after it exited."""
-        self._restarts.labels(service).inc()
-
-    def deployment_finished(self, result: str) -> None:
-        """A deployment ended: ``succeeded``, ``failed`` or ``rolled_back``."""
-        self._deployments.labels(result).inc()
-
-    def webhook_delivered(self, result: str) -> None:
-        """One webhook delivery attempt ended: ``succeeded``, ``failed`` or ``gave_up``."""
-        self._webhooks.labels(result).inc()
-
-    def render(self, accept: str = "") -> tuple[bytes, str]:
-        """The exposition (text format, or OpenMetrics when ``accept`` asks) and its
-        content type."""
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
 
 
 def _gauge(name: str, doc: str, value: float, unit_labels: dict[str, str] | None = None
            ) -> GaugeMetricFamily:
+    from prometheus_client.core import GaugeMetricFamily
+
     if unit_labels:
         family = GaugeMetricFamily(name, doc, labels=list(unit_labels))
         family.add_metric(list(unit_labels.values()), value)
@@ -120,6 +62,8 @@ class SnapshotCollector:
 
 
 def _host(snapshot: Snapshot) -> Iterator[Metric]:
+    from prometheus_client.core import GaugeMetricFamily
+
     host = snapshot.host
     cpu = host.cpu
     yield _gauge("dployr_host_cpu_percent", "CPU busy, all cores (0-100)", cpu.percent)
@@ -174,6 +118,8 @@ def _host(snapshot: Snapshot) -> Iterator[Metric]:
 
 
 def _services(snapshot: Snapshot) -> Iterator[Metric]:
+    from prometheus_client.core import GaugeMetricFamily
+
     info = GaugeMetricFamily("dployr_service_info", "1 per service, with its state",
                              labels=[*_SERVICE_LABELS, "state"])
     specs = (("cpu_percent", "CPU of the process tree, percent of one core"),

@@ -8,6 +8,9 @@ go through ``read_in_thread``.
 
 A write is acknowledged only after its COMMIT returned, and with ``synchronous=FULL`` a commit
 survives a kill -9 or a power cut.
+
+``cached`` keeps values computed from the store (a session lookup, a serialized page) until
+anything is committed, by this agent or by another process: see docs/read-cache.md.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 from agent.clock import Clock, SystemClock
 from agent.events import Event, EventBus
@@ -39,6 +42,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+# Entries kept by ``Database.cached`` before it starts over (a bound on memory, not a tuning
+# knob: the cache empties at every commit anyway).
+CACHE_MAX_ENTRIES = 4096
 
 
 class StoreError(Exception):
@@ -181,6 +189,11 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._version_cursor: sqlite3.Cursor | None = None
+        self._cache: dict[Hashable, Any] = {}
+        self._data_version: int | None = None
+        self._version_checked = False  # data_version was read in this loop iteration
 
     async def open(self) -> None:
         """Open (creating and migrating if needed); raises StoreError on corruption."""
@@ -188,6 +201,9 @@ class Database:
 
         self._writer = await loop.run_in_executor(self._executor, connect, self.path)
         self._reader = _reader(self.path)
+        self._version_cursor = self._reader.cursor()
+        self._version_cursor.row_factory = None  # a plain tuple: cheaper than sqlite3.Row
+        self._loop = loop
 
     async def close(self) -> None:
         """Finish pending writes and close both connections."""
@@ -196,8 +212,11 @@ class Database:
             writer, self._writer = self._writer, None
             await loop.run_in_executor(self._executor, writer.close)
         if self._reader is not None:
+            self._version_cursor = None
             self._reader.close()
             self._reader = None
+        self._cache.clear()
+        self._data_version = None
         self._executor.shutdown(wait=True)
 
     @property
@@ -215,6 +234,51 @@ class Database:
         """Run a small read inline and return the first row, or None."""
         row: sqlite3.Row | None = self.reader.execute(sql, params).fetchone()  # type: ignore[arg-type]
         return row
+
+    def cached(self, key: Hashable, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """``fn(*args)``, computed from the store, reused until anything is committed.
+
+        The value stays valid while SQLite's ``PRAGMA data_version`` on the read connection is
+        unchanged: it changes whenever another connection commits, whether it is this agent's
+        writer thread or another process (the CLI). The version is read at most once per
+        event-loop iteration (every request starts in an iteration after its bytes were read,
+        so a commit that finished before a request was sent is always seen), and again after
+        each of this agent's own writes. If ``fn`` raises, nothing is kept.
+
+        For the event loop's thread only, like ``query``. ``key`` must name everything the
+        value depends on besides the store (e.g. ``("projects.page", limit, cursor)``), and
+        values must be immutable: every caller gets the same object.
+        """
+        if not self._version_checked:
+            self._check_version()
+        try:
+            value: T = self._cache[key]
+            return value
+        except KeyError:
+            pass
+        value = fn(*args)
+        if len(self._cache) >= CACHE_MAX_ENTRIES:
+            self._cache.clear()
+        self._cache[key] = value
+        return value
+
+    def _check_version(self) -> None:
+        cursor = self._version_cursor
+        if cursor is None:
+            raise StoreError("the database is not open")
+        version = cursor.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._cache.clear()
+            self._data_version = version
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # Trust this reading for the rest of this loop iteration only: the callback runs
+            # at the start of the next one, before any request read since then is handled.
+            self._version_checked = True
+            loop.call_soon(self._expire_version_check)
+
+    def _expire_version_check(self) -> None:
+        self._version_checked = False
 
     async def read_in_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a heavy read on the writer's thread (serialized with writes)."""
@@ -247,7 +311,12 @@ class Database:
         is kept and the exception propagates.
         """
         loop = asyncio.get_running_loop()
-        result, events = await loop.run_in_executor(self._executor, self._run_tx, fn)
+        try:
+            result, events = await loop.run_in_executor(self._executor, self._run_tx, fn)
+        finally:
+            # Whatever happened, read data_version again before the next cached value: the
+            # writer's commit is visible to the reader from now on.
+            self._version_checked = False
         for event in events:
             self.bus.publish(event)
         return result

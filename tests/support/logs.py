@@ -9,9 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import structlog
-
-from agent.logconfig import configure_logging, flush_logs
+from agent.logconfig import configure_logging, flush_logs, reset_logging
 
 
 class CapturedLog:
@@ -42,6 +40,6 @@ def captured_agent_log(level: str = "debug") -> Iterator[CapturedLog]:
     try:
         yield CapturedLog(stream)
     finally:
-        structlog.reset_defaults()
+        reset_logging()
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])

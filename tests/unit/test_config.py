@@ -96,6 +96,7 @@ def test_config_is_frozen() -> None:
     ("", {"DPLOYR_RATELIMIT__ENABLED": "maybe"},
      "bad value for 'ratelimit.enabled' (set by DPLOYR_RATELIMIT__ENABLED)"),
     ("", {"DPLOYR_LOGGING__LEVEL": "loud"}, "bad value for 'logging.level'"),
+    ('[server]\nevent_loop = "trio"\n', {}, "bad value for 'server.event_loop'"),
     ("", {"DPLOYR_SEVER__LISTEN": "x"}, "unknown key 'sever' (set by DPLOYR_SEVER__LISTEN)"),
     ("server = [", {}, "is not valid TOML"),
 ])

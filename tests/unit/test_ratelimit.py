@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from agent.ratelimit import RateLimiter
@@ -105,3 +107,17 @@ def test_rejects_nonsense_limits() -> None:
         RateLimiter(0, 60, FakeClock())
     with pytest.raises(ValueError):
         RateLimiter(1, 0, FakeClock())
+
+
+def test_charge_reports_what_peek_reports_right_after() -> None:
+    """The written-out allowed path of charge gives the same remaining and reset as the
+    general formula (peek at the same instant), for many limits and request patterns."""
+    rng = random.Random(11)
+    for _ in range(200):
+        clock = FakeClock(start=rng.uniform(1e9, 2e9))
+        limiter = RateLimiter(rng.randint(1, 5000), rng.choice([1, 60, 3600, 86400]), clock)
+        for _ in range(rng.randint(1, 50)):
+            clock.advance(rng.choice([0.0, 0.001, rng.uniform(0, 100)]))
+            decision = limiter.charge("k")
+            if decision.allowed:
+                assert decision == limiter.peek("k")

@@ -12,7 +12,6 @@ import re
 import sys
 import urllib.parse
 from pathlib import Path
-from typing import Any
 
 from tests.reliability.sweep import Canaries, Recorder
 from tests.support.agent import LiveAgent, free_port, wait_until

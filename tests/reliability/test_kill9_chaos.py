@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.supervisor import procfs
 from tests.reliability.figures import record
 from tests.support.agent import LiveAgent, wait_until
@@ -137,6 +139,7 @@ def _page_names(agent: LiveAgent, token: str, path: str) -> set[str]:
         cursor = f"&cursor={page['next_cursor']}"
 
 
+@pytest.mark.timeout(CHAOS_SECONDS + 300)
 def test_kill_9_during_deploys_restarts_env_changes_and_deliveries(tmp_path: Path) -> None:
     """A minute of kill -9 at random moments under a mixed write load: acknowledged writes
     kept, untouched apps never restarted, no duplicate process, no event lost."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.reliability.figures import percentile, record
 from tests.support.agent import ADMIN_EMAIL, ADMIN_PASSWORD, LiveAgent, wait_until
@@ -108,6 +109,7 @@ def _window_max(samples: list[tuple[float, int, int]], start: float, length: flo
     return max(chosen)
 
 
+@pytest.mark.timeout(LOAD_SECONDS + 300)
 async def test_100_users_at_their_rate_limit(tmp_path: Path) -> None:
     """100 users at one request a second each: errors (other than 429) under 0.1 %, RSS and
     open descriptors flat from the second window to the last."""

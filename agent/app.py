@@ -178,6 +178,7 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     app.cleanup_ctx.append(life.proxy_ctx)
     app.cleanup_ctx.append(life.deploy_ctx)
     app.cleanup_ctx.append(life.metrics_ctx)
+    app.cleanup_ctx.append(life.loop_lag_ctx)
     app.cleanup_ctx.append(life.session_pruning_ctx)
     app.cleanup_ctx.append(life.webhooks_ctx)
     app.on_shutdown.append(life.end_log_followers)

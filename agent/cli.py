@@ -112,7 +112,8 @@ async def _serve(config: AgentConfig) -> None:
         raise
     runner = AgentRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=config.server.shutdown_timeout,
-                           keepalive_timeout=config.server.keepalive_timeout)
+                           keepalive_timeout=config.server.keepalive_timeout,
+                           header_timeout=config.server.header_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

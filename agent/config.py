@@ -75,6 +75,7 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     shutdown_timeout: float = Field(default=10.0, gt=0, le=300)
     keepalive_timeout: float = Field(default=75.0, gt=0, le=3600)
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @field_validator("listen")

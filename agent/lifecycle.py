@@ -24,6 +24,7 @@ from aiohttp import web
 from agent.adapters import drop_orphan_routes, follow_service_targets
 from agent.keys import (
     ACCOUNTS_KEY,
+    AGENT_METRICS_KEY,
     AUTH_KEY,
     BUS_KEY,
     CONFIG_KEY,
@@ -38,6 +39,7 @@ from agent.keys import (
     UPSTREAM_KEY,
     WEBHOOK_RUNTIME_KEY,
 )
+from agent.metrics.looplag import watch_loop_lag
 from agent.store import StateLock
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "admin_ctx",
     "deploy_ctx",
     "end_log_followers",
+    "loop_lag_ctx",
     "metrics_ctx",
     "proxy_ctx",
     "session_pruning_ctx",
@@ -156,6 +159,15 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     await sampler.stop()
     await instance.stop()
     await asyncio.to_thread(sampler.close)
+
+
+async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Measure the event loop's lag into the agent's metrics while the agent runs."""
+    task = asyncio.get_running_loop().create_task(watch_loop_lag(app[AGENT_METRICS_KEY].loop_lag))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def session_pruning_ctx(app: web.Application) -> AsyncIterator[None]:

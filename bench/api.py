@@ -35,6 +35,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._report import Row, Section, render_rows
+
 HELLO_SERVER = textwrap.dedent("""
     import sys
     from aiohttp import web
@@ -206,7 +208,11 @@ def prepare_agent(agent: Agent, workdir: Path, projects: int) -> None:
             agent.loop_seen = str(json.loads(line).get("event_loop", "?"))
 
 
-def main(argv: list[str] | None = None) -> int:
+QUICK_ARGS = ["--duration", "3", "--rounds", "1", "--loops", "uvloop"]
+
+
+def collect(argv: list[str] | None = None) -> Section:
+    """Run the benchmark and return its rows and details (see bench/_report.py)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
@@ -239,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(2)  # let the agents go idle before reading their memory
             for agent in agents:
                 agent.idle_rss = rss_mb(agent.proc.pid)
+            bare_rss = rss_mb(hello.pid)
 
             bare: list[Result] = []
             results: dict[str, list[Result]] = {agent.event_loop: [] for agent in agents}
@@ -261,35 +268,51 @@ def main(argv: list[str] | None = None) -> int:
 
     best_bare = max(bare, key=lambda r: r.rps)
     cpu_bare = min(r.cpu_us for r in bare)
-    print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, best of {args.rounds} "
-          f"alternating rounds each, on {os.cpu_count()} CPUs; agent interpreter "
-          f"{args.agent_python}")
-    print("| server | requests/s | p50 ms | p99 ms | non-2xx | server CPU per request |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| bare aiohttp hello world (asyncio loop) | {best_bare.rps:,.0f} | "
-          f"{best_bare.p50_ms:.2f} | {best_bare.p99_ms:.2f} | {best_bare.non_2xx} | "
-          f"{cpu_bare:.0f} us |")
-    for agent in agents:
-        runs = results[agent.event_loop]
-        best = max(runs, key=lambda r: r.rps)
-        print(f"| agent GET /v1/projects (auth, {args.projects} projects), {agent.loop_seen} | "
-              f"{best.rps:,.0f} | {best.p50_ms:.2f} | {best.p99_ms:.2f} | {best.non_2xx} | "
-              f"{min(r.cpu_us for r in runs):.0f} us |")
-    for agent in agents:
-        runs = results[agent.event_loop]
-        best = max(runs, key=lambda r: r.rps)
-        print(f"{agent.loop_seen}: ratio agent / bare, requests/s: {best.rps / best_bare.rps:.2f} "
-              f"(target >= 0.5); by CPU per request: {cpu_bare / min(r.cpu_us for r in runs):.2f}"
-              f"; RSS idle {agent.idle_rss:.1f} MB (target <= 60), after load "
-              f"{agent.busy_rss:.1f} MB; log lines {log_lines[agent.event_loop]}")
+    lines = [f"`wrk -t{args.threads} -c{args.connections} -d{args.duration}s`, best of "
+             f"{args.rounds} alternating round(s) each, on {os.cpu_count()} CPUs; agent "
+             f"interpreter `{args.agent_python}`.", "",
+             "| server | requests/s | p50 ms | p99 ms | non-2xx | server CPU per request |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |",
+             f"| bare aiohttp hello world (asyncio loop) | {best_bare.rps:,.0f} | "
+             f"{best_bare.p50_ms:.2f} | {best_bare.p99_ms:.2f} | {best_bare.non_2xx} | "
+             f"{cpu_bare:.0f} us |"]
+    rows: list[Row] = []
     rich = rich_overhead_mb(args.agent_python)
+    rich_note = f"; {rich:.1f} MB of it rich, absent when installed" if rich else ""
+    for agent in agents:
+        runs = results[agent.event_loop]
+        best = max(runs, key=lambda r: r.rps)
+        lines.append(f"| agent GET /v1/projects (auth, {args.projects} projects), "
+                     f"{agent.loop_seen} | {best.rps:,.0f} | {best.p50_ms:.2f} | "
+                     f"{best.p99_ms:.2f} | {best.non_2xx} | {min(r.cpu_us for r in runs):.0f} us |")
+        ratio = best.rps / best_bare.rps
+        rows += [
+            Row(f"API requests/s, authenticated GET /v1/projects ({agent.loop_seen})",
+                f"{best.rps:,.0f}", "bare aiohttp hello world", f"{best_bare.rps:,.0f}",
+                ratio, ">= 0.5", ratio >= 0.5),
+            Row(f"API p99 latency ({agent.loop_seen}, {args.connections} connections)",
+                f"{best.p99_ms:.2f} ms", "bare aiohttp hello world", f"{best_bare.p99_ms:.2f} ms",
+                best.p99_ms / best_bare.p99_ms),
+            Row(f"idle RSS ({agent.loop_seen}, this venv{rich_note})", f"{agent.idle_rss:.1f} MB",
+                "bare aiohttp hello world", f"{bare_rss:.1f} MB", agent.idle_rss / bare_rss,
+                "<= 60 MB installed", agent.idle_rss - (rich or 0.0) <= 60),
+        ]
+    lines.append("")
+    for agent in agents:
+        lines.append(f"- {agent.loop_seen}: RSS idle {agent.idle_rss:.1f} MB, after load "
+                     f"{agent.busy_rss:.1f} MB; {log_lines[agent.event_loop]} access log lines")
     if rich is not None:
-        print(f"note: {rich:.1f} MB of each RSS is rich, imported by structlog because this venv "
-              f"has it (test extras); an install without them (pip install .) does not: "
-              f"--agent-python measures one")
-    print("all rounds, requests/s: bare " + ", ".join(f"{r.rps:,.0f}" for r in bare) + "; "
-          + "; ".join(f"{loop} " + ", ".join(f"{r.rps:,.0f}" for r in runs)
-                      for loop, runs in results.items()))
+        lines.append(f"- {rich:.1f} MB of each RSS is rich, imported by structlog because this "
+                     "venv has it (test extras); an install without them (`pip install .`) does "
+                     "not: `--agent-python` measures one")
+    return Section("api", "API throughput against a bare aiohttp server",
+                   "python -m bench.api " + " ".join(argv or []), rows, "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    section = collect(sys.argv[1:] if argv is None else argv)
+    print(section.detail)
+    print(render_rows(section.rows))
     return 0
 
 

@@ -32,6 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._report import Row, Section, render_rows
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
@@ -109,13 +113,18 @@ async def provision_time(version: str, registry: str) -> dict[str, Any]:
             await provisioner.close()
 
 
-async def main() -> None:
+QUICK_ARGS = ["--rounds", "2"]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--provision", metavar="VERSION", default=None)
     parser.add_argument("--registry", default="https://registry.npmjs.org")
-    args = parser.parse_args()
+    return parser
 
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
     node_major = subprocess.run(["node", "--version"], capture_output=True, text=True,
                                 check=True).stdout.strip().removeprefix("v").split(".")[0]
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
@@ -155,19 +164,39 @@ async def main() -> None:
     }
     if args.provision:
         result["provision"] = await provision_time(args.provision, args.registry)
-    print(f"clone + npm install by hand : {result['by_hand_median_s'] * 1000:8.0f} ms"
-          f" (median of {args.rounds})")
-    print(f"deploy pipeline (to start)  : {result['pipeline_median_s'] * 1000:8.0f} ms")
-    print(f"ratio pipeline / by hand    : {result['ratio']:8.2f}")
-    for name, seconds in result["stage_median_s"].items():
-        print(f"  stage {name:<10}          : {seconds * 1000:8.0f} ms")
-    if "provision" in result:
-        prov = result["provision"]
-        print(f"provision Node.js {prov['version']:<9} : {prov['seconds'] * 1000:8.0f} ms")
     out = HERE / ".work"
     out.mkdir(exist_ok=True)
     (out / "deploy_pipeline.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def collect(argv: list[str] | None = None) -> Section:
+    """Run the benchmark and return its rows and details (see bench/_report.py)."""
+    args = _parser().parse_args(argv)
+    result = asyncio.run(measure(args))
+    hand, piped = result["by_hand_median_s"], result["pipeline_median_s"]
+    lines = [f"Median of {args.rounds} interleaved rounds: clone + `npm install` by hand "
+             f"{hand * 1000:.0f} ms, the pipeline up to the start of the app "
+             f"{piped * 1000:.0f} ms (ratio {result['ratio']:.2f}).", ""]
+    lines += [f"- stage {name}: {seconds * 1000:.0f} ms"
+              for name, seconds in result["stage_median_s"].items()]
+    if "provision" in result:
+        prov = result["provision"]
+        lines.append(f"- provisioning Node.js {prov['version']}: {prov['seconds'] * 1000:.0f} ms")
+    rows = [Row("deploy pipeline, clone + build of a small Node.js app (start not included)",
+                f"{piped * 1000:.0f} ms", "the same steps by hand (git clone, npm install)",
+                f"{hand * 1000:.0f} ms", result["ratio"], "<= 1.15", result["ratio"] <= 1.15)]
+    return Section("deploy_pipeline", "Deploy pipeline: clone and build against the steps by hand",
+                   "python -m bench.deploy_pipeline " + " ".join(argv or []), rows,
+                   "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    section = collect(sys.argv[1:] if argv is None else argv)
+    print(section.detail)
+    print(render_rows(section.rows))
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main())

@@ -37,6 +37,10 @@ from typing import Any
 
 import psutil
 
+if __package__ in (None, ""):  # run as a script (as its own child processes are)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._report import Row, Section, render_rows
+
 HERE = Path(__file__).resolve().parent
 ADMIN_EMAIL = "bench@example.com"
 ADMIN_PASSWORD = "bench-password-123"
@@ -297,7 +301,10 @@ def report(r: dict[str, Any]) -> None:
     print(f"(raw results: {r['work_dir']}/result.json)")
 
 
-def main() -> None:
+QUICK_ARGS = ["--services", "50", "--cpu-seconds", "15", "--requests", "300", "--warmup", "20"]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=100)
     parser.add_argument("--interval", type=float, default=1.0)
@@ -307,13 +314,52 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--pids", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def collect(argv: list[str] | None = None) -> Section:
+    """Run the benchmark and return its rows and details (see bench/_report.py)."""
+    import contextlib
+    import io
+
+    args = _parser().parse_args(argv)
+    (HERE / ".work").mkdir(exist_ok=True)
+    r = run(args)
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        report(r)
+    lat = r["latency_ms"]
+    a, ga, gp = lat["agent"], lat["glances_all"], lat["glances_plugins"]
+    cpu = r["agent_idle_cpu_percent"]
+    rows = [
+        Row(f"agent CPU, {r['interval']:g} s sampler, {r['services']} services, no requests",
+            f"{cpu:.2f} % of a core", "-", "-", None, "<= 1 %", cpu <= 1.0),
+        Row("GET /v1/instances/self/metrics p50", f"{a['p50']:.2f} ms", "Glances /api/4/all",
+            f"{ga['p50']:.2f} ms", a["p50"] / ga["p50"], "faster (< 1)", a["p50"] < ga["p50"]),
+        Row("GET /v1/instances/self/metrics p99", f"{a['p99']:.2f} ms", "Glances /api/4/all",
+            f"{ga['p99']:.2f} ms", a["p99"] / ga["p99"], "faster (< 1)", a["p99"] < ga["p99"]),
+        Row("metrics p50 against the same data from Glances' plugin calls",
+            f"{a['p50']:.2f} ms", f"Glances {len(GLANCES_PLUGINS)} plugin calls",
+            f"{gp['p50']:.2f} ms", a["p50"] / gp["p50"], "faster (< 1)", a["p50"] < gp["p50"]),
+        Row(f"RSS, {r['services']} services", f"{r['agent_rss_mib']:.1f} MiB", "Glances",
+            f"{r['glances_rss_mib']:.1f} MiB", r["agent_rss_mib"] / r["glances_rss_mib"],
+            "smaller (< 1)", r["agent_rss_mib"] < r["glances_rss_mib"]),
+    ]
+    detail = "```\n" + text.getvalue().strip() + "\n```"
+    return Section("metrics", "Metrics against Glances",
+                   "python -m bench.metrics " + " ".join(argv or []), rows, detail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.serve:
         serve(args.port, args.pids)
-        return
-    (HERE / ".work").mkdir(exist_ok=True)
-    report(run(args))
+        return 0
+    section = collect(sys.argv[1:] if argv is None else argv)
+    print(section.detail)
+    print(render_rows(section.rows))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,7 +15,8 @@ and prints the ratios the issue asks for: built-in vs nginx, agent-driven Caddy 
 hand. Every process runs on 127.0.0.1 on free ports with its files in a temporary directory;
 all of them are stopped at the end. The backend is nginx answering a fixed 13-byte body (so
 the proxies, not the backend, are what is measured); ``--backend aiohttp`` uses a small
-aiohttp app instead. With ``--write FILE`` the results replace the proxy section of FILE.
+aiohttp app instead. With ``--write FILE`` the results replace the proxy block of FILE
+(see bench/__main__.py).
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script (as its own child processes are)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._report import Row, Section, render_rows
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "bench.test"
 BODY = "hello, world\n"
-START = "<!-- bench:proxy:start -->"
-END = "<!-- bench:proxy:end -->"
 
 
 def free_port() -> int:
@@ -358,9 +361,6 @@ def measure(args: argparse.Namespace) -> list[Result]:
 def report(results: list[Result], args: argparse.Namespace) -> str:
     by = {r.name: r for r in results}
     lines = [
-        START,
-        "## Proxy (`bench/proxy.py`)",
-        "",
         f"`python bench/proxy.py --duration {args.duration} --rounds {args.rounds}"
         f" --connections {args.connections} --threads {args.threads} --backend {args.backend}`"
         f" on {os.cpu_count()} CPUs ({time.strftime('%Y-%m-%d')}). Small responses"
@@ -383,29 +383,14 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         f" {by['builtin'].rps / by['nginx-1-worker'].rps:.2f}",
         f"- agent-driven Caddy / Caddy by hand: **{by['caddy-agent'].rps / by['caddy-hand'].rps:.2f}**"
         " (aim: 1.0)",
-        END,
     ]
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+QUICK_ARGS = ["--duration", "3", "--rounds", "1", "--warmup", "1"]
 
 
-def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        if sys.argv[2] == "backend":
-            child_backend(int(sys.argv[3]))
-        else:
-            child_agent(sys.argv[3])
-        return
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per path and round")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds (median)")
@@ -415,12 +400,49 @@ def main() -> None:
     parser.add_argument("--backend", choices=("nginx", "aiohttp"), default="nginx")
     parser.add_argument("--write", type=Path, help="replace the proxy section of this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    args = parser.parse_args()
+    return parser
+
+
+def collect(argv: list[str] | None = None) -> Section:
+    """Run the benchmark and return its rows and details (see bench/_report.py)."""
+    args = _parser().parse_args(argv)
     results = measure(args)
-    section = report(results, args)
-    print(section)
+    by = {r.name: r for r in results}
+    builtin, nginx = by["builtin"], by["nginx"]
+    hand, driven = by["caddy-hand"], by["caddy-agent"]
+    rows = [
+        Row("built-in proxy requests/s", f"{builtin.rps:,.0f}", "nginx (by hand)",
+            f"{nginx.rps:,.0f}", builtin.rps / nginx.rps, ">= 0.3", builtin.rps / nginx.rps >= 0.3),
+        Row("built-in proxy requests/s, against nginx with one worker", f"{builtin.rps:,.0f}",
+            "nginx, 1 worker", f"{by['nginx-1-worker'].rps:,.0f}",
+            builtin.rps / by["nginx-1-worker"].rps),
+        Row("built-in proxy p99", f"{builtin.p99_ms:.2f} ms", "nginx (by hand)",
+            f"{nginx.p99_ms:.2f} ms", builtin.p99_ms / nginx.p99_ms),
+        Row("Caddy driven by the agent, requests/s", f"{driven.rps:,.0f}", "Caddy by hand",
+            f"{hand.rps:,.0f}", driven.rps / hand.rps, "1.0 (equal)",
+            abs(driven.rps / hand.rps - 1) <= 0.15),
+        Row("Caddy driven by the agent, p99", f"{driven.p99_ms:.2f} ms", "Caddy by hand",
+            f"{hand.p99_ms:.2f} ms", driven.p99_ms / hand.p99_ms),
+    ]
+    detail = report(results, args)
+    return Section("proxy", "Proxy: built-in and agent-driven Caddy against nginx and Caddy by "
+                   "hand", "python -m bench.proxy " + " ".join(argv or []), rows, detail.strip())
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        if sys.argv[2] == "backend":
+            child_backend(int(sys.argv[3]))
+        else:
+            child_agent(sys.argv[3])
+        return
+    args = _parser().parse_args()
+    section = collect(sys.argv[1:])
+    print(section.detail)
+    print(render_rows(section.rows))
     if args.write:
-        write_section(args.write, section)
+        from bench.__main__ import write_docs
+        write_docs(args.write, None, [section])
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from typing import Any
 
 import psutil
 
+from bench._report import Row, Section, render_rows
+
 PYTHON = sys.executable
 # The bench extra's supervisord (next to this interpreter), else the system's.
 _VENV_SUPERVISORD = Path(sys.executable).with_name("supervisord")
@@ -401,7 +403,12 @@ def _running(work: Path, services: int, lines: int, follow_lines: int,
         sup.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+QUICK_ARGS = ["--services", "50", "--idle", "10", "--starts", "5", "--status-calls", "300",
+              "--lines", "50000", "--follow-lines", "1000"]
+
+
+def collect(argv: list[str] | None = None) -> Section:
+    """Run the benchmark and return its rows and details (see bench/_report.py)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=200)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle sampling")
@@ -416,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dployr-bench-supervise-"))
     agent_port, sup_port = free_port(), free_port()
     rows: list[tuple[str, str, str, str]] = []
+    out: list[Row] = []
     try:
         with _running(work, args.services, args.lines, args.follow_lines,
                       (agent_port, sup_port), args.supervisord) as (agent, sup, root):
@@ -432,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"direct {direct:.4f}"))
             rows.append(("start overhead over direct (ms)", f"{a_over * 1000:.1f}",
                          f"{s_over * 1000:.1f}", "target <= 20 ms"))
+            out.append(Row("start overhead over the app started directly",
+                           f"{a_over * 1000:.1f} ms", "supervisord", f"{s_over * 1000:.1f} ms",
+                           None, "<= 20 ms", a_over * 1000 <= 20))
 
             names = []
             for i in range(args.services):
@@ -449,6 +460,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"{args.services} idle: RSS (MB)", f"{idle['agent']['rss_mb']:.1f}",
                          f"{idle['supervisord']['rss_mb']:.1f}",
                          f"ratio {idle['agent']['rss_mb'] / idle['supervisord']['rss_mb']:.2f}"))
+            a_idle, s_idle = idle["agent"], idle["supervisord"]
+            out.append(Row(f"RSS with {args.services} idle services", f"{a_idle['rss_mb']:.1f} MB",
+                           "supervisord", f"{s_idle['rss_mb']:.1f} MB",
+                           a_idle["rss_mb"] / s_idle["rss_mb"], "no worse",
+                           a_idle["rss_mb"] <= s_idle["rss_mb"]))
+            out.append(Row(f"CPU with {args.services} idle services ({args.idle:g} s)",
+                           f"{a_idle['cpu_pct']:.3f} %", "supervisord",
+                           f"{s_idle['cpu_pct']:.3f} %",
+                           a_idle["cpu_pct"] / s_idle["cpu_pct"] if s_idle["cpu_pct"] else None,
+                           "no worse", a_idle["cpu_pct"] <= s_idle["cpu_pct"]))
             rows.append((f"{args.services} idle: CPU over {args.idle:g}s (%)",
                          f"{idle['agent']['cpu_pct']:.3f}", f"{idle['supervisord']['cpu_pct']:.3f}",
                          f"cpu s {idle['agent']['cpu_s']:.2f} vs {idle['supervisord']['cpu_s']:.2f}"))
@@ -458,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
             h50 = statistics.median(st["agent_health"])
             rows.append(("status call p50 (ms)", f"{a50 * 1000:.2f}", f"{s50 * 1000:.2f}",
                          f"ratio {a50 / s50:.2f}; the agent's GET /v1/health: {h50 * 1000:.2f}"))
+            out.append(Row("status call p50", f"{a50 * 1000:.2f} ms",
+                           "supervisord getProcessInfo", f"{s50 * 1000:.2f} ms", a50 / s50,
+                           "no worse", a50 <= s50))
             rows.append(("status call p99 (ms)", f"{pct(st['agent'], 0.99) * 1000:.2f}",
                          f"{pct(st['supervisord'], 0.99) * 1000:.2f}", ""))
 
@@ -465,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
             back = agent.kill_and_restart()
             after = {s["name"]: s["pid"] for s in agent.call("GET", "/v1/services?limit=500")["data"]}
             same = sum(1 for name, pid in before.items() if after.get(name) == pid)
+            out.append(Row(f"kill -9 and restart with {args.services} services, until it answers",
+                           f"{back:.2f} s", "-", "-", None,
+                           f"{same}/{len(before)} adopted with the same pid",
+                           same == len(before)))
             rows.append((f"kill -9 + restart with {args.services} services (s)", f"{back:.2f}",
                          "n/a", f"{same}/{len(before)} adopted with the same pid"))
 
@@ -472,18 +500,35 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("log capture (lines/s)", f"{tp['agent']:.0f}", f"{tp['supervisord']:.0f}",
                          f"ratio {tp['agent'] / tp['supervisord']:.2f} (higher is better)"))
 
+            out.append(Row("log capture throughput", f"{tp['agent']:,.0f} lines/s", "supervisord",
+                           f"{tp['supervisord']:,.0f} lines/s", tp["agent"] / tp["supervisord"],
+                           "higher is better"))
             fl = follow_latency(agent, root, args.follow_lines)
             rows.append(("follow latency p50 (ms)", f"{statistics.median(fl) * 1000:.2f}", "n/a",
                          f"{len(fl)} lines at 1000/s"))
             rows.append(("follow latency p99 (ms)", f"{pct(fl, 0.99) * 1000:.2f}", "n/a",
                          "target < 50 ms; supervisord has no push follow"))
+            out.append(Row("log follow latency p99 (line written until a follower has it)",
+                           f"{pct(fl, 0.99) * 1000:.2f} ms", "supervisord: no push follow", "-",
+                           None, "< 50 ms", pct(fl, 0.99) < 0.05))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'measure':<{width}}  {'agent':>10}  {'supervisord':>12}  note")
+    lines = [f"{'measure':<{width}}  {'agent':>10}  {'supervisord':>12}  note"]
     for name, a, s, note in rows:
-        print(f"{name:<{width}}  {a:>10}  {s:>12}  {note}")
+        lines.append(f"{name:<{width}}  {a:>10}  {s:>12}  {note}")
+    detail = ("| measure | agent | supervisord | note |\n|---|---|---|---|\n"
+              + "\n".join(f"| {n} | {a} | {s} | {note} |" for n, a, s, note in rows))
+    print("\n".join(lines), file=sys.stderr)
+    return Section("supervise", "Supervision against supervisord",
+                   "python -m bench.supervise " + " ".join(argv or []), out, detail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    section = collect(sys.argv[1:] if argv is None else argv)
+    print(section.detail)
+    print(render_rows(section.rows))
     return 0
 
 

@@ -20,9 +20,12 @@ routes = EndpointTable("env")
 
 
 class EnvVarCreate(ApiModel):
+    # The patterns are documented for clients; agent.env checks them with its own messages.
     key: str = Field(min_length=1, max_length=255, examples=["NODE_ENV"],
+                     json_schema_extra={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
                      description="[A-Za-z_][A-Za-z0-9_]*; PORT is reserved")
     value: str = Field(max_length=1_048_576, examples=["production"],
+                       json_schema_extra={"pattern": "^[^\\x00]*$"},
                        description="UTF-8, no NUL, at most [services] env_value_max_bytes bytes")
     secret: bool = Field(default=False, description="Mask the value in listings")
 
@@ -72,6 +75,7 @@ async def list_env(request: web.Request) -> EnvList:
 
 @routes.post("/v1/services/{id}/env", summary="Set an env var", access="developer",
              body=EnvVarCreate, query=ApplyQuery, response=EnvVarSet, status=201,
+             extra_responses={200: "Replaced an existing variable"},
              description="Creates (201) or replaces (200) one variable. It applies at the next "
                          "start; `?restart=true` restarts the service now.")
 async def set_env(request: web.Request, body: EnvVarCreate, query: ApplyQuery) -> web.Response:

@@ -44,7 +44,7 @@ class Address(Resource):
 
 class Reason(Resource):
     code: str = Field(examples=["disk_almost_full"],
-                      description="disk_almost_full, inodes_almost_full, proxy_down, "
+                      description="disk_almost_full, inodes_almost_full, state_disk_almost_full, proxy_down, "
                                   "runtime_unavailable, or another part's code")
     message: str = Field(examples=["/ is 93% full (1.2 GiB free)"])
 

@@ -35,6 +35,7 @@ from agent.auth import AuthService, Principal
 from agent.errors import (
     AgentError,
     Forbidden,
+    InsufficientStorage,
     MethodNotAllowed,
     NotFound,
     RateLimited,
@@ -240,7 +241,10 @@ def make_api_middleware(app: web.Application, *, auth: AuthService, limits: Rate
                 raise
             except Exception as exc:
                 error = from_exception(exc)
-                if error.status >= 500 or exchange.started:
+                if isinstance(error, InsufficientStorage) and not exchange.started:
+                    # Expected while the disk is full: the client gets 507, reads go on.
+                    log.warning("request_refused_disk_full", where=_where(exc))
+                elif error.status >= 500 or exchange.started:
                     # The type and place only: an exception's text may carry secrets.
                     log.error("request_failed", error_type=type(exc).__name__, where=_where(exc))
                     error.details["request_id"] = request_id

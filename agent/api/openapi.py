@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document, generated from the route table and the pydantic models.
 
 Every operation lists its auth, its request body and query, its success response, every
-error it can answer (all in the envelope) and the headers every response carries.
+error it can answer (all in the envelope) and the headers every response carries. Create
+operations link to the operations on what they created (``agent.api.openapi_links``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from agent.api.openapi_links import links_for
 from agent.api.routing import Endpoint
 from agent.api.schemas import ErrorEnvelope
 
@@ -91,7 +93,7 @@ def _query_parameters(model: type[BaseModel], defs: dict[str, Any]) -> list[dict
 
 
 def _operation(ep: Endpoint, schemas: dict[tuple[type[BaseModel], str], Any],
-               defs: dict[str, Any]) -> dict[str, Any]:
+               defs: dict[str, Any], endpoints: list[Endpoint]) -> dict[str, Any]:
     role = "none (public)" if ep.access == "public" else f"`{ep.access}` or above"
     op: dict[str, Any] = {
         "operationId": ep.name,
@@ -120,9 +122,13 @@ def _operation(ep: Endpoint, schemas: dict[tuple[type[BaseModel], str], Any],
                   else {"type": "object"})
         success["content"] = {ct: {"schema": schema if ct == "application/json"
                                    else {"type": "string"}} for ct in ep.content_types}
+    links = links_for(ep, endpoints)
+    if links:
+        success["links"] = links
     responses: dict[str, Any] = {str(ep.status): success}
-    for status, text in ep.extra_responses.items():  # other successes, same body
-        responses[str(status)] = {**success, "description": text}
+    for status, text in ep.extra_responses.items():  # other successes, with the same body
+        responses[str(status)] = {**{k: v for k, v in success.items() if k != "links"},
+                                  "description": text}
     for status in _error_statuses(ep):
         responses[str(status)] = {"$ref": f"#/components/responses/Error{status}"}
     op["responses"] = responses
@@ -135,7 +141,7 @@ def build_openapi(endpoints: list[Endpoint], *, version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for ep in endpoints:
         path = _PATH_PARAM.sub(lambda m: "{" + m[1] + "}", ep.path)
-        paths.setdefault(path, {})[ep.method.lower()] = _operation(ep, schemas, defs)
+        paths.setdefault(path, {})[ep.method.lower()] = _operation(ep, schemas, defs, endpoints)
     error_ref = schemas[(ErrorEnvelope, "serialization")]
     statuses = sorted({s for ep in endpoints for s in _error_statuses(ep)})
     responses = {

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import structlog
@@ -162,8 +164,10 @@ class InstanceService:
         """Why the instance is degraded now (empty when healthy)."""
         limit = self._config.metrics.disk_degraded_percent
         reasons: list[HealthReason] = []
+        full: list[str] = []
         for disk in snapshot.host.disks:
             if disk.percent >= limit:
+                full.append(disk.mountpoint)
                 reasons.append(HealthReason(
                     "disk_almost_full",
                     f"{disk.mountpoint} is {disk.percent:.0f}% full ({_gib(disk.free)} free)"))
@@ -171,6 +175,9 @@ class InstanceService:
                 reasons.append(HealthReason(
                     "inodes_almost_full",
                     f"{disk.mountpoint} has used {disk.inodes_percent:.0f}% of its inodes"))
+        state = _state_disk_reason(self._config.state.dir, limit, full)
+        if state is not None:
+            reasons.append(state)
         proxy = self._proxy()
         if proxy.state == "down":
             reasons.append(HealthReason(
@@ -228,3 +235,24 @@ class InstanceService:
 
     def degraded(self) -> bool:
         return self._status.status == "degraded"
+
+
+def _state_disk_reason(state_dir: Path, limit: float, full: list[str]) -> HealthReason | None:
+    """A reason when the filesystem of the state dir (the store, the apps' logs) is almost
+    full and is not one of the disks already named in ``full`` (the sampler lists real disks
+    only, so a state dir on a tmpfs or a bind mount would otherwise go unnoticed)."""
+    try:
+        st = os.statvfs(state_dir)
+        device = state_dir.stat().st_dev
+        if any(Path(mount).stat().st_dev == device for mount in full):
+            return None
+    except OSError:
+        return None
+    if not st.f_blocks:
+        return None
+    percent = 100.0 * (st.f_blocks - st.f_bavail) / st.f_blocks
+    if percent < limit:
+        return None
+    return HealthReason("state_disk_almost_full",
+                        f"the filesystem of the state directory is {percent:.0f}% full "
+                        f"({_gib(st.f_bavail * st.f_frsize)} free)")

@@ -5,6 +5,13 @@ thread, so the event loop never waits on the disk and a capture is never used by
 Pumps are triggered by inotify the moment an app writes (with a slow safety poll, and a fast
 poll for files inotify refused). After each step that wrote lines, the service's ``changed``
 event fires and followers read on.
+
+A capture that fails (a full disk, most often) never stops supervision: the failure is logged
+once (``log_capture_failed``), pumps of that service are retried on a backoff of their own
+(from ``_RETRY_MIN`` to ``_RETRY_MAX`` seconds) rather than at every write the app makes,
+and the first pump that works again logs ``log_capture_recovered`` with the number of failed
+attempts. Lines the app wrote meanwhile stay in its raw file until then; lines that a full
+disk prevented the app from writing at all are lost (to the app as to any log).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ T = TypeVar("T")
 
 _TICK = 0.5            # seconds between polls of files inotify does not watch
 _SAFETY_TICKS = 60     # every this many ticks, poll every running capture anyway
+_RETRY_MIN = 0.5       # seconds before the first retry of a failed capture
+_RETRY_MAX = 10.0      # longest wait between retries of a failing capture
 
 
 @dataclass(eq=False)
@@ -45,6 +54,8 @@ class _Entry:
     live: bool = False          # a run may be writing: pump on inotify and polls
     inotify: bool = False
     closed: bool = False
+    failures: int = 0           # failed pumps in a row (0: healthy)
+    retry: asyncio.TimerHandle | None = None
 
 
 class LogManager:
@@ -108,6 +119,9 @@ class LogManager:
             return
         self.set_live(service_id, False, entry=entry)
         entry.closed = True
+        if entry.retry is not None:
+            entry.retry.cancel()
+            entry.retry = None
         if entry.task is not None:
             with contextlib.suppress(Exception):
                 await entry.task
@@ -146,6 +160,8 @@ class LogManager:
         entry = self._entries.get(service_id)
         if entry is None or entry.closed:
             return
+        if entry.retry is not None:
+            return  # failing: the retry timer pumps, not every write of the app
         if entry.task is not None and not entry.task.done():
             entry.dirty = True
             return
@@ -157,13 +173,44 @@ class LogManager:
             try:
                 written = await self._run(entry.capture.pump)
             except OSError as exc:
-                log.warning("log_capture_failed", service_id=entry.service_id,
-                            error=exc.strerror)
+                self._failed(entry, exc)
                 return
+            self._succeeded(entry)
             if written:
                 self._notify(entry)
             if not entry.dirty:
                 return
+
+    def _failed(self, entry: _Entry, exc: OSError) -> None:
+        """Count a failed capture step; log the first; retry later on a backoff."""
+        entry.failures += 1
+        if entry.failures == 1:
+            log.warning("log_capture_failed", service_id=entry.service_id, error=exc.strerror)
+        if entry.closed or entry.retry is not None:
+            return
+        delay = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(entry.failures - 1, 10))
+
+        def retry() -> None:
+            entry.retry = None
+            self.kick(entry.service_id)
+
+        entry.retry = asyncio.get_running_loop().call_later(delay, retry)
+
+    def _succeeded(self, entry: _Entry) -> None:
+        if entry.failures:
+            log.info("log_capture_recovered", service_id=entry.service_id,
+                     failed_attempts=entry.failures)
+            entry.failures = 0
+
+    async def _step(self, entry: _Entry, fn: Callable[[], T]) -> T | None:
+        """Run one capture step on the capture thread; a failure is counted, never raised."""
+        try:
+            result = await self._run(fn)
+        except OSError as exc:
+            self._failed(entry, exc)
+            return None
+        self._succeeded(entry)
+        return result
 
     async def _poll(self) -> None:
         ticks = 0
@@ -185,14 +232,15 @@ class LogManager:
         if entry.task is not None and not entry.task.done():
             with contextlib.suppress(Exception):
                 await entry.task
-        if await self._run(lambda: entry.capture.pump(final=final)):
+        if await self._step(entry, lambda: entry.capture.pump(final=final)):
             self._notify(entry)
 
     async def reset_raw(self, service_id: str) -> None:
         """A run ended, or one is about to start (no writer left): take the last lines, then
-        empty the raw files."""
+        empty the raw files. A failure (full disk) is logged, never raised: supervision goes
+        on without those lines."""
         entry = self._entry(service_id)
-        await self._run(entry.capture.reset_raw)
+        await self._step(entry, entry.capture.reset_raw)
         self._notify(entry)
 
     async def note(self, service_id: str, text: str) -> None:

@@ -1,4 +1,5 @@
-"""The agent's own counters: API requests and their latency, restarts, deployments, webhooks.
+"""The agent's own counters: API requests and their latency, restarts, deployments, webhooks,
+the event loop's lag.
 
 They are plain numbers, counted on the event loop's thread (a request costs a few additions,
 no locks and no label lookups), and become Prometheus families only when ``/metrics`` is
@@ -135,6 +136,9 @@ class AgentMetrics:
                                      ("result",))
         self._webhooks = _Counter("dployr_webhook_deliveries",
                                   "Webhook delivery attempts, by result", ("result",))
+        self._loop_lag = _Histogram("dployr_event_loop_lag_seconds",
+                                    "How late the event loop woke a periodic timer (time it "
+                                    "could not run anything else)", ())
         self._series: dict[tuple[str, str, int], RequestSeries] = {}
         self._collectors: list[Any] = []
         self._registry: CollectorRegistry | None = None
@@ -166,6 +170,13 @@ class AgentMetrics:
     def webhook_delivered(self, result: str) -> None:
         """One webhook delivery attempt ended: ``succeeded``, ``failed`` or ``gave_up``."""
         self._webhooks.inc(result)
+
+    def loop_lag(self, seconds: float) -> None:
+        """Count one measurement of the event loop's lag (see ``agent.metrics.looplag``)."""
+        child = self._loop_lag.child()
+        seconds = max(0.0, seconds)
+        child.buckets[bisect_left(_BOUNDS, seconds)] += 1
+        child.sum += seconds
 
     def add_collector(self, collector: Any) -> None:
         """Expose ``collector`` (a prometheus_client collector) too, after the agent's own."""
@@ -208,6 +219,8 @@ class AgentMetrics:
         yield self._restarts.family(created)
         yield self._deployments.family(created)
         yield self._webhooks.family(created)
+        if self._loop_lag.children:
+            yield self._loop_lag.family(created)
 
 
 class _OwnCollector:

@@ -58,6 +58,11 @@ async def _recover(unit: ServiceUnit, strays: list[Handle]) -> None:
                                        else "lost")
         await unit._commit(S.STOPPED if r.state in ACTIVE_STATES else None, exit=exit,
                            handle=None)
+    if unit.r.handle is None and unit.r.state in (S.STARTING, S.STOPPING):
+        # Cut short by the agent's end with no run left: a build (starting), or a stop or
+        # restart after its run had ended (stopping). Either way nothing runs: stopped, and
+        # started again below if it is meant to run.
+        await unit._commit(S.STOPPED)
     if unit.r.desired is not DesiredState.RUNNING:
         return
     state = unit.r.state
@@ -65,8 +70,6 @@ async def _recover(unit: ServiceUnit, strays: list[Handle]) -> None:
         delay = max(0.0, (unit.r.next_restart_at or 0) - unit._ctx.clock.time())
         unit._timer = unit._spawn(unit._backoff(unit._gen, delay))
         return
-    if state is S.STARTING:  # a build was cut short by the agent's end
-        await unit._commit(S.STOPPED, handle=None)
     if unit.r.state is S.STOPPED or (rebooted and unit.r.state in (S.BACKOFF, S.CRASHED,
                                                                     S.FAILED)):
         unit._spawn(unit._command(unit._start))

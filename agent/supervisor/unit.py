@@ -347,9 +347,11 @@ class ServiceUnit:
     async def _end_run(self, begun: Begun | None, *, desired: DesiredState) -> ExitStatus:
         """stopping: signal, grace, kill. Returns how the run ended. Lock held."""
         r = self.r
+        # Persist first: if the store refuses (a full disk), the run is left as it was, still
+        # watched. The lock is held, so the run's tasks cannot act in between.
+        await self._commit(S.STOPPING, desired=desired)
         self._gen += 1
         self._cancel_run_tasks()
-        await self._commit(S.STOPPING, desired=desired)
         if begun is not None and not begun.done():
             begun.set_result(None)
         assert r.handle is not None

@@ -63,3 +63,29 @@ async def test_errors_share_the_envelope_schema(client: Client) -> None:
         assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}, name
     envelope = spec["components"]["schemas"]["ErrorEnvelope"]
     assert envelope["required"] == ["error"]
+
+
+async def test_create_operations_link_to_what_they_created(client: Client) -> None:
+    """Each 201 create links to the operations on the new resource, with the id from its body
+    (OpenAPI links, followed by clients and by schemathesis' stateful tests)."""
+    spec = await (await client.get("/v1/openapi.json")).json()
+    operations = {op["operationId"]: (path, method) for path, ops in spec["paths"].items()
+                  for method, op in ops.items()}
+    project_links = spec["paths"]["/v1/projects"]["post"]["responses"]["201"]["links"]
+    assert project_links["get_project"] == {"operationId": "get_project",
+                                            "parameters": {"id": "$response.body#/id"}}
+    assert "delete_project" in project_links
+    env_links = spec["paths"]["/v1/services/{id}/env"]["post"]["responses"]["201"]["links"]
+    assert env_links["delete_env"]["parameters"] == {"id": "$request.path.id",
+                                                     "key": "$response.body#/key"}
+    deployment = spec["paths"]["/v1/deployments"]["post"]["responses"]["201"]["links"]
+    assert deployment["get_service_by_service_id"]["parameters"] == {
+        "id": "$response.body#/service_id"}
+    for path, ops in spec["paths"].items():
+        for op in ops.values():
+            for link in op["responses"].get("201", {}).get("links", {}).values():
+                target_path, _ = operations[link["operationId"]]
+                assert set(link["parameters"]) == set(_PARAM.findall(target_path)), (path, link)
+    created = [path for path, ops in spec["paths"].items()
+               if "201" in ops.get("post", {}).get("responses", {})]
+    assert all("links" in spec["paths"][p]["post"]["responses"]["201"] for p in created), created

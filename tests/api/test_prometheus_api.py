@@ -148,3 +148,28 @@ async def test_scrapes_do_not_use_the_rate_limit(aiohttp_client: Any, state_dir:
                                   ratelimit={"unauthenticated_per_hour": 2})
     for _ in range(5):
         assert (await client.get("/metrics")).status == 200
+
+
+async def test_event_loop_lag_is_measured(aiohttp_client: Any, state_dir: Path) -> None:
+    """A loop blocked for 1 s shows up in dployr_event_loop_lag_seconds above 0.5 s."""
+    import time
+
+    client = await metrics_client(aiohttp_client, state_dir)
+
+    async def lag_samples() -> dict[str, float]:
+        text = await (await client.get("/metrics")).text()
+        return {s.labels["le"]: s.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "dployr_event_loop_lag_seconds"
+                for s in family.samples if s.name.endswith("_bucket")}
+
+    await eventually(lag_samples, message="a first lag measurement")
+    # The agent shares this test's event loop: block it, as a handler that forgets to use a
+    # thread would.
+    time.sleep(1.0)  # the lag timer fires at most 0.25 s into it: lag >= 0.75 s
+
+    async def blocked_seen() -> bool:
+        buckets = await lag_samples()
+        return buckets["+Inf"] > buckets["0.5"]
+
+    await eventually(blocked_seen, message="the blocked loop to be measured")

@@ -185,3 +185,27 @@ async def test_a_stray_duplicate_run_is_killed_on_agent_start(svc: Harness) -> N
     assert (await svc.status(sid))["pid"] == leader
     await eventually(lambda: _async(not alive(stray.pid or 0)), message="the stray to die")
     assert [w.pid for w in wrappers_of(svc.state_dir)] == [leader]
+
+
+async def test_a_restart_cut_short_after_its_run_ended_is_started_again(svc: Harness) -> None:
+    """An agent killed in the middle of a restart, after the old run ended and before the new
+    one started (state stopping, no run), starts the service again on its next start instead
+    of leaving it stopping forever; a stop cut short the same way ends stopped."""
+    started = await svc.deploy("again", f"exec {PYTHON} app.py", files={"app.py": TICKER_APP})
+    stopped = await svc.deploy("halted", f"exec {PYTHON} app.py", files={"app.py": TICKER_APP})
+    for dep in (started, stopped):
+        await svc.wait_state(dep["service_id"], "running")
+    await svc.client.close()
+    for leader in [w.pid for w in wrappers_of(svc.state_dir)]:
+        os.kill(leader, signal.SIGKILL)
+    await eventually(lambda: _async(not wrappers_of(svc.state_dir)), message="the runs to end")
+    with _db(svc) as conn:  # what a kill -9 between the two steps leaves behind
+        conn.execute("UPDATE services SET state = 'stopping', handle = NULL, desired_state = ?"
+                     " WHERE id = ?", ("running", started["service_id"]))
+        conn.execute("UPDATE services SET state = 'stopping', handle = NULL, desired_state = ?"
+                     " WHERE id = ?", ("stopped", stopped["service_id"]))
+    await svc.restart_agent()
+    await svc.wait_state(started["service_id"], "running")
+    status = await svc.wait_state(stopped["service_id"], "stopped")
+    assert status["desired_state"] == "stopped"
+    assert len(wrappers_of(svc.state_dir)) == 1

@@ -79,6 +79,7 @@ class Deployment:
     created_at: float
     updated_at: float
     service_id: str | None
+    image_id: str | None = None   # the image the service runs (image deployments)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Deployment:
@@ -94,10 +95,10 @@ class Deployment:
                    stop_signal=row["stop_signal"], stop_timeout=row["stop_timeout"],
                    status=row["status"], status_detail=js("status_detail"),
                    created_at=row["created_at"], updated_at=row["updated_at"],
-                   service_id=row["service_id"])
+                   service_id=row["service_id"], image_id=row["image_id"])
 
 
-_SELECT = ("SELECT d.*, s.id AS service_id FROM deployments d"
+_SELECT = ("SELECT d.*, s.id AS service_id, s.image_id AS image_id FROM deployments d"
            " LEFT JOIN services s ON s.deployment_id = d.id")
 
 

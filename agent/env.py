@@ -143,3 +143,13 @@ class EnvService:
             "INSERT INTO service_env (service_id, key, value, secret, created_at, updated_at)"
             " VALUES (?, ?, ?, 0, ?, ?)",
             [(service_id, k, v, now, now) for k, v in env.items()])
+
+    @staticmethod
+    def upsert_all(tx: Tx, service_id: str, env: Mapping[str, str], now: float) -> None:
+        """Create or replace validated variables inside a caller's transaction (a deployment
+        update); others are left as they are."""
+        tx.conn.executemany(
+            "INSERT INTO service_env (service_id, key, value, secret, created_at, updated_at)"
+            " VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT (service_id, key)"
+            " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            [(service_id, k, v, now, now) for k, v in env.items()])

@@ -9,6 +9,7 @@ from agent.auth.accounts import AccountService
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.deployments import DeploymentService
+from agent.docker.releases import ImageDeployments
 from agent.env import EnvService
 from agent.events import EventBus
 from agent.instance import InstanceService
@@ -17,6 +18,7 @@ from agent.projects import ProjectService
 from agent.proxy import ProxyBackend, RouteService, ServiceLocator
 from agent.ratelimit import Decision, RateLimits
 from agent.store import Database
+from agent.supervisor.docker import DockerRuntime
 from agent.supervisor.manager import Supervisor
 from agent.upstream import UpstreamLink
 from agent.webhooks import WebhookRuntime, WebhookService
@@ -30,7 +32,9 @@ __all__ = [
     "CONFIG_KEY",
     "DB_KEY",
     "DEPLOYMENTS_KEY",
+    "DOCKER_KEY",
     "ENV_KEY",
+    "IMAGES_KEY",
     "INSTANCE_KEY",
     "LOCATOR_KEY",
     "OPENAPI_KEY",
@@ -78,3 +82,5 @@ LOCATOR_KEY: web.AppKey[ServiceLocator] = web.AppKey("locator")
 SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
 ENV_KEY = web.AppKey("env", EnvService)
 DEPLOYMENTS_KEY = web.AppKey("deployments", DeploymentService)
+DOCKER_KEY = web.AppKey("docker", DockerRuntime)
+IMAGES_KEY = web.AppKey("images", ImageDeployments)

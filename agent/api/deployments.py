@@ -12,8 +12,10 @@ from agent.api.routing import EndpointTable, principal_of
 from agent.api.schemas import DNS_LABEL, ApiModel, Page, PageQuery, Resource
 from agent.deployments import Deployment as DeploymentRecord
 from agent.deployments import LocalDeployment
+from agent.docker.images import check_cpus, parse_memory, validate_reference
+from agent.docker.releases import ImageDeployment
 from agent.errors import Forbidden, InvalidRequest
-from agent.keys import DEPLOYMENTS_KEY
+from agent.keys import DEPLOYMENTS_KEY, IMAGES_KEY
 from agent.supervisor.health import HealthCheck
 from agent.supervisor.policy import RestartPolicy
 from agent.timefmt import from_epoch
@@ -93,6 +95,10 @@ class DeploymentCreate(ApiModel):
     stop_signal: StopSignal = "SIGTERM"
     stop_timeout: float = Field(default=10.0, ge=0, le=3600,
                                 description="Grace period in seconds before SIGKILL")
+    memory: str | int | None = Field(default=None, examples=["256m"],
+                                     description="Memory limit (Docker): 256m, 1.5g or bytes")
+    cpus: float | None = Field(default=None, examples=[0.5],
+                               description="CPU limit (Docker), in CPUs")
 
     @field_validator("path", "run_cmd", "build_cmd", "remote", "branch", "image", "runtime",
                      "version")
@@ -125,12 +131,18 @@ class Deployment(Resource):
     status: str = Field(description="pending | building | succeeded | failed")
     status_detail: dict[str, Any] | None
     service_id: str | None
+    image_id: str | None = Field(default=None, description="The image id the service runs "
+                                                             "(source image)")
+    memory: int | None = Field(default=None, description="Memory limit in bytes (Docker)")
+    cpus: float | None = Field(default=None, description="CPU limit (Docker)")
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def of(cls, d: DeploymentRecord) -> Deployment:
+        limits = d.limits or {}
         return cls(id=d.id, name=d.name, project_id=d.project_id, source=d.source,
+                   image_id=d.image_id, memory=limits.get("memory"), cpus=limits.get("cpus"),
                    runtime=d.runtime, version=d.version, remote=d.remote, branch=d.branch,
                    path=d.path, image=d.image, build_cmd=d.build_cmd, run_cmd=d.run_cmd,
                    port=d.port, fixed_port=d.fixed_port, health_check=d.health_check,
@@ -153,7 +165,34 @@ def _check_text(value: str) -> None:
         raise ValueError("Must be valid UTF-8") from None
 
 
+def _image(body: DeploymentCreate) -> ImageDeployment:
+    if body.image is None:
+        raise InvalidRequest("Missing image", field="image", issue="Required for source 'image'")
+    validate_reference(body.image)
+    if body.runtime not in (None, "docker"):
+        raise InvalidRequest("Unsupported runtime", field="runtime",
+                             issue="An image runs in Docker: omit runtime or use 'docker'")
+    for name in ("path", "remote", "branch", "build_cmd", "version"):
+        if getattr(body, name) is not None:
+            raise InvalidRequest(f"Unexpected {name}", field=name,
+                                 issue="Not used with source 'image'")
+    if body.fixed_port and body.port is None:
+        raise InvalidRequest("Missing port", field="port", issue="Required with fixed_port")
+    return ImageDeployment(
+        name=body.name, image=body.image, run_cmd=body.run_cmd, port=body.port,
+        fixed_port=body.fixed_port, env=body.env, project_id=body.project_id,
+        health_check=body.health_check.to_domain() if body.health_check else None,
+        restart=body.restart.to_domain() if body.restart else RestartPolicy(),
+        stop_signal=body.stop_signal, stop_timeout=body.stop_timeout,
+        memory=parse_memory(body.memory) if body.memory is not None else None,
+        cpus=check_cpus(body.cpus) if body.cpus is not None else None)
+
+
 def _local(body: DeploymentCreate) -> LocalDeployment:
+    for name in ("memory", "cpus"):
+        if getattr(body, name) is not None:
+            raise InvalidRequest(f"Unsupported {name} limit", field=name,
+                                 issue="Limits are enforced by Docker: only for source 'image'")
     if body.path is None:
         raise InvalidRequest("Missing path", field="path", issue="Required for source 'local'")
     if body.run_cmd is None:
@@ -170,11 +209,15 @@ def _local(body: DeploymentCreate) -> LocalDeployment:
 
 
 @routes.post("/v1/deployments", summary="Create a deployment", access="developer",
-             body=DeploymentCreate, response=Deployment, status=201, errors=(409,),
+             body=DeploymentCreate, response=Deployment, status=201, errors=(409, 503),
              description="`source: \"local\"` (admin only) runs an app from a directory inside "
-                         "`[services] allowed_local_roots`; other sources are not supported by "
-                         "this agent version yet (400).")
+                         "`[services] allowed_local_roots`; `source: \"image\"` runs a Docker "
+                         "image (`image`, optional `memory`/`cpus` limits; 503 "
+                         "`runtime_unavailable` when the Docker engine does not answer); "
+                         "`remote` is not supported by this agent version yet (400).")
 async def create_deployment(request: web.Request, body: DeploymentCreate) -> Deployment:
+    if body.source == "image":
+        return Deployment.of(await request.app[IMAGES_KEY].create(_image(body)))
     if body.source != "local":
         raise InvalidRequest("Unsupported source", field="source",
                              issue="Only 'local' is supported by this agent version")
@@ -199,7 +242,8 @@ async def get_deployment(request: web.Request) -> Deployment:
 
 
 @routes.delete("/v1/deployments/{id}", summary="Delete a deployment", access="developer",
-               status=204, description="Stops its service and removes its env vars, logs and "
-                                       "files.")
+               status=204, errors=(503,),
+               description="Stops its service and removes its env vars, logs and files (and the "
+                           "release tags of an image deployment's images).")
 async def delete_deployment(request: web.Request) -> None:
     await request.app[DEPLOYMENTS_KEY].delete(request.match_info["id"])

@@ -95,6 +95,9 @@ class RunSpec:
     image: str | None = None
     kind: str = "app"            # "app" or "build": a build is a separate, waited-for run
     limits: Mapping[str, Any] = field(default_factory=dict)
+    port: int | None = None      # the app's declared port (a container's port)
+    listen_port: int | None = None  # the port the run is reached at on this host (= PORT)
+    deployment_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,9 @@ class TreeStats:
     cpu_seconds: float
     memory_bytes: int
     processes: int
+    #: When the figures were read (the clock's monotonic time), for a runtime that answers
+    #: from a cache; None means "now".
+    sampled_at: float | None = None
 
 
 class Runtime(Protocol):

@@ -41,6 +41,7 @@ class ServiceInfo:
     next_restart_at: float | None
     created_at: float
     updated_at: float
+    container_id: str | None = None  # the current run's container (Docker services)
 
 
 @dataclass(frozen=True, slots=True)

@@ -355,12 +355,12 @@ class DockerRuntime:
                 await self.engine.call(lambda c: self._drain(watch))
             except RuntimeUnavailable:
                 return
-            status = exit_status(state)
             if state.get("OOMKilled"):
                 log.warning("container_oom_killed", container_id=cid[:12])
-            self._finish(watch, status)
+            # Removed before the run counts as ended, so that nothing of it is left then.
             with contextlib.suppress(RuntimeUnavailable, docker.errors.APIError):
                 await self.engine.call(lambda c: c.api.remove_container(cid, v=True, force=True))
+            self._finish(watch, exit_status(state))
         finally:
             watch.settling = None
 

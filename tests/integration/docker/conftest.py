@@ -33,8 +33,15 @@ def docker_config() -> dict[str, Any]:
 
 
 @pytest.fixture
+def agent_sections() -> dict[str, dict[str, Any]]:
+    """Other config sections of these tests' agent (a module may override this)."""
+    return {}
+
+
+@pytest.fixture
 async def dock(make_client: Callable[..., Any], state_dir: Path, tmp_path: Path,
-               docker_config: dict[str, Any]) -> AsyncIterator[DockerHarness]:
+               docker_config: dict[str, Any],
+               agent_sections: dict[str, dict[str, Any]]) -> AsyncIterator[DockerHarness]:
     """An agent running containers on the shared engine; its containers are removed after."""
     need_docker()
     apps_root = tmp_path / "srv"
@@ -43,7 +50,8 @@ async def dock(make_client: Callable[..., Any], state_dir: Path, tmp_path: Path,
     async def remake() -> TestClient:
         return await make_client(services={"startup_seconds": 0.2,
                                            "allowed_local_roots": [str(apps_root)]},
-                                 docker=docker_config, metrics={"interval": 0.5})
+                                 docker=docker_config, metrics={"interval": 0.5},
+                                 **agent_sections)
 
     client = await remake()
     harness = DockerHarness(client, bearer((await login(client))["access_token"]), apps_root,

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import errno
 import math
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from typing import Any, Literal, TypeVar
 import docker
 import requests
 import structlog
+from docker.transport import unixconn
 from docker.utils import kwargs_from_env
 
 from agent.clock import Clock
@@ -49,6 +51,27 @@ _API_THREADS = 8
 _BUILD_THREADS = 4
 _POOL_SIZE = 512        # idle HTTP connections kept (log streams hold one each while open)
 _DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+def _close_failed_unix_connects() -> None:
+    """docker-py 7 leaves the socket of a failed unix connect to the garbage collector (a
+    ResourceWarning each time dockerd is down); close it instead. Idempotent."""
+    cls: Any = unixconn.UnixHTTPConnection
+    if getattr(cls.connect, "dployr_closes_on_failure", False):
+        return
+
+    def connect(self: Any) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_socket)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    connect.dployr_closes_on_failure = True  # type: ignore[attr-defined]
+    cls.connect = connect
 
 
 class EngineDown(Exception):
@@ -114,6 +137,7 @@ class DockerEngine:
         self._monitor: asyncio.Task[None] | None = None
         self._wanted: Callable[[], bool] = lambda: False
         self._closed = False
+        _close_failed_unix_connects()
 
     # -- state -------------------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import DockerConfig
 from agent.deploy.errors import BuildFailed
 from agent.docker.build import build_image
 from agent.docker.engine import DockerEngine
-from agent.config import DockerConfig
 from agent.testing import FakeClock
 from tests.support.docker import BASE_IMAGE, docker, need_docker
 

@@ -5,6 +5,8 @@ deployments' names)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -118,3 +120,84 @@ def cleanup(state_dir: Path, *, env: dict[str, str] | None = None,
                       env=env, check=False).split()
         if tags:
             docker("rmi", *tags, env=env, check=False)
+
+
+class Dockerd:
+    """A dedicated Docker engine for one test: its own socket, data, exec root, pid file,
+    bridge and cgroup parent, so that stopping it touches nothing the other tests use.
+    ``--live-restore``: its containers keep running while it is stopped."""
+
+    def __init__(self) -> None:
+        # Short paths: containerd's sockets live under the exec root (108-byte limit).
+        self.root = Path(tempfile.mkdtemp(prefix="dd-", dir="/tmp"))
+        self.socket = self.root / "docker.sock"
+        self.host = f"unix://{self.socket}"
+        self.bridge = f"dpl{secrets.token_hex(3)}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.env = {**os.environ, "DOCKER_HOST": self.host}
+        subnet = 200 + secrets.randbelow(50)
+        self._address = f"10.213.{subnet}.1/24"
+
+    def setup(self) -> None:
+        subprocess.run(["ip", "link", "add", "name", self.bridge, "type", "bridge"], check=True,
+                       capture_output=True)
+        subprocess.run(["ip", "addr", "add", self._address, "dev", self.bridge], check=True,
+                       capture_output=True)
+        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True, capture_output=True)
+        self.start()
+        image = subprocess.run(["docker", "save", BASE_IMAGE], capture_output=True, check=True)
+        docker("load", "-q", env=self.env, input=image.stdout)
+
+    def start(self) -> None:
+        with (self.root / "dockerd.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                ["dockerd", "--host", self.host, "--data-root", str(self.root / "data"),
+                 "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "pid"),
+                 "--bridge", self.bridge, "--iptables=false", "--ip-masq=false",
+                 "--cgroup-parent", f"/{self.bridge}", "--live-restore"],
+                stdout=log, stderr=log)
+        from tests.support.agent import wait_until
+
+        wait_until(self.answers, timeout=60, interval=0.1, message="the dedicated dockerd")
+
+    def answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"dockerd exited:\n{self.log()}")
+        return subprocess.run(["docker", "info"], env=self.env, capture_output=True,
+                              check=False).returncode == 0
+
+    def log(self) -> str:
+        path = self.root / "dockerd.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM and wait: the engine is gone, its containers keep running."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+        self.process = None
+
+    def teardown(self) -> None:
+        """Remove every container, stop the engine, delete its files and bridge."""
+        with contextlib.suppress(Exception):
+            if self.process is None:
+                self.start()
+            ids = docker("ps", "-aq", env=self.env, check=False).split()
+            if ids:
+                docker("rm", "-f", "-v", *ids, env=self.env, check=False)
+        with contextlib.suppress(Exception):
+            self.stop()
+        for mount in (self.root / "exec", self.root / "data"):
+            subprocess.run(["umount", "-R", str(mount)], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def can_run_dockerd() -> tuple[bool, str]:
+    """A dedicated engine needs root, dockerd and ip."""
+    if os.geteuid() != 0:
+        return False, "a dedicated dockerd needs root"
+    for binary in ("dockerd", "ip"):
+        if shutil.which(binary) is None:
+            return False, f"{binary} is not installed"
+    return True, ""

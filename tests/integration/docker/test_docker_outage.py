@@ -122,6 +122,15 @@ async def test_engine_outage_gives_503_degrades_and_recovers(agent: Agent,
     assert await eventually(lambda: _http(before[web]["listen_port"]), message="web answers")
     await eventually(lambda: _has_lines(agent, ticker, 5), message="ticker lines")
 
+    # This engine's cgroups are not where the sampler's own cgroup reader looks: figures of
+    # its containers can only come from Docker's stats.
+    async def usage() -> dict[str, Any] | None:
+        body: dict[str, Any] = await agent.call("GET", f"/v1/services/{ticker}/metrics")
+        return body["usage"] if body["usage"] else None
+
+    figures = await eventually(usage, timeout=30, message="Docker stats of the ticker")
+    assert figures["rss_bytes"] > 0 and figures["threads"] >= 1
+
     # The bouncer's process dies: it waits 6 s in backoff, and its restart will come while
     # the engine is away.
     os.kill(before[bouncer]["pid"], signal.SIGKILL)

@@ -195,3 +195,25 @@ async def test_delete_removes_the_container(dock: DockerHarness) -> None:
     await dock.request("DELETE", f"/v1/deployments/{dep['id']}", expect=204)
     assert docker("ps", "-aq", "--filter", f"id={status['container_id']}") == ""
     assert docker("images", "-q", "dployr/doomed") == ""
+
+
+async def test_a_busy_container_is_measured_within_its_cpu_limit(dock: DockerHarness) -> None:
+    """A container spinning on one core with `cpus: 0.5` shows in the service's metrics as a
+    Docker service with its container id, using CPU but not more than its limit allows."""
+    dep = await dock.deploy_image("spinner", run_cmd="while :; do :; done", cpus=0.5)
+    sid = dep["service_id"]
+    await dock.wait_state(sid, "running")
+
+    async def measured() -> dict[str, Any] | None:
+        body: dict[str, Any] = await dock.request("GET", f"/v1/services/{sid}/metrics",
+                                                  expect=200)
+        usage = body["usage"]
+        return body if usage is not None and usage["cpu_percent"] > 0 else None
+
+    body = await eventually(measured, timeout=30, message="CPU figures of the container")
+    assert body["runtime"] == "docker" and body["container_id"]
+    usage = body["usage"]
+    assert 0 < usage["cpu_percent"] <= 75  # 50% of a core, as Docker enforces it
+    assert usage["rss_bytes"] > 0 and usage["processes"] >= 1
+    status = await dock.status(sid)
+    assert status["cpu_seconds"] is not None and status["memory_bytes"] is not None

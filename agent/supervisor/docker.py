@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import signal as _signal
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -44,9 +43,15 @@ from typing import Any
 
 import docker
 import structlog
-from docker.types import LogConfig
 
 from agent.config import DockerConfig
+from agent.docker.containers import (
+    container_port,
+    create_container,
+    exit_status,
+    scan_containers,
+    start_container,
+)
 from agent.docker.engine import DockerEngine, EngineDown
 from agent.docker.images import ImageMissing, resolve_image
 from agent.docker.logs import LogForwarder, Outcome, Stream
@@ -60,14 +65,12 @@ from agent.supervisor.runtime import (
     RunSpec,
     RuntimeFailure,
     TreeStats,
-    signal_name,
 )
 
-__all__ = ["MANAGED_LABEL", "DockerRuntime", "container_port", "exit_status"]
+__all__ = ["DockerRuntime"]
 
 log = structlog.get_logger("agent.supervisor.docker")
 
-MANAGED_LABEL = "dployr.managed"
 _KILL_WAIT = 10.0        # seconds to wait for a container after SIGKILL
 _RESTREAM_DELAY = 1.0    # seconds before following again a stream that ended early
 _ENDED_KEPT = 1024
@@ -86,30 +89,6 @@ class _Watch:
     stopping: bool = False       # a stop was asked: kill whatever is left after an outage
     settling: asyncio.Task[None] | None = None
     restreams: int = 0
-
-
-def exit_status(state: Mapping[str, Any]) -> ExitStatus:
-    """How a container ended, from ``State`` of its inspect (OOM kill = SIGKILL)."""
-    if state.get("OOMKilled"):
-        return ExitStatus(signal=int(_signal.SIGKILL))
-    code = state.get("ExitCode")
-    if not isinstance(code, int) or code < 0:
-        return ExitStatus()
-    return ExitStatus.from_shell(code)
-
-
-def container_port(spec: RunSpec, image: Mapping[str, Any], listen_port: int) -> int:
-    """The deployment's port, else the image's one EXPOSEd TCP port, else the listen port."""
-    if spec.port:
-        return spec.port
-    exposed = ((image.get("Config") or {}).get("ExposedPorts") or {})
-    tcp = [int(p.split("/")[0]) for p in exposed if p.endswith("/tcp") and p.split("/")[0].isdigit()]
-    return tcp[0] if len(tcp) == 1 else listen_port
-
-
-def _explain(exc: docker.errors.APIError) -> str:
-    text = str(exc.explanation or exc)
-    return text if len(text) <= 400 else text[:400] + "..."
 
 
 class DockerRuntime:
@@ -204,10 +183,11 @@ class DockerRuntime:
             instance = await self._instance_id()
             image = await self._image(spec.image)
             cport = container_port(spec, image, listen_port)
-            cid = await self.engine.call(lambda c: self._create(c, spec, instance, cport,
-                                                                listen_port))
+            cid = await self.engine.call(lambda c: create_container(
+                c, self._config, spec, instance=instance, container_port=cport,
+                listen_port=listen_port))
             await asyncio.to_thread(self._begin_logs, cid, spec)
-            info = await self.engine.call(lambda c: self._start_container(c, cid))
+            info = await self.engine.call(lambda c: start_container(c, cid))
         except RuntimeUnavailable as exc:
             self._failed_starts.add(spec.service_id)
             raise RuntimeFailure(exc.message) from None
@@ -227,49 +207,6 @@ class DockerRuntime:
             return await resolve_image(self.engine, ref, limit=self._config.pull_timeout)
         except ImageMissing as exc:
             raise RuntimeFailure(str(exc)) from None
-
-    def _create(self, client: docker.DockerClient, spec: RunSpec, instance: str, cport: int,
-                listen_port: int) -> str:
-        api = client.api
-        limits = spec.limits or {}
-        memory = limits.get("memory")
-        cpus = limits.get("cpus")
-        host_config = api.create_host_config(
-            port_bindings={f"{cport}/tcp": ("127.0.0.1", listen_port)},
-            log_config=LogConfig(type="json-file",
-                                 config={"max-size": self._config.log_max_size,
-                                         "max-file": str(self._config.log_max_file)}),
-            restart_policy={"Name": "no"}, init=self._config.init or None,
-            mem_limit=int(memory) if memory else None,
-            memswap_limit=int(memory) if memory else None,
-            nano_cpus=round(float(cpus) * 1e9) if cpus else None)
-        env = dict(spec.env)
-        env["PORT"] = str(cport)
-        labels = {MANAGED_LABEL: "true", "dployr.instance": instance,
-                  "dployr.service": spec.service_id, "dployr.service.name": spec.name,
-                  "dployr.deployment": spec.deployment_id or ""}
-        name = f"dployr-{spec.name}-{secrets.token_hex(3)}"
-        command = ["/bin/sh", "-c", spec.command] if spec.command else None
-        try:
-            created = api.create_container(
-                spec.image, command=command, name=name, labels=labels, environment=env,
-                ports=[cport], host_config=host_config, detach=True,
-                stop_signal=signal_name(spec.stop_signal))
-        except docker.errors.APIError as exc:
-            raise RuntimeFailure(f"Docker could not create the container: {_explain(exc)}") \
-                from None
-        return str(created["Id"])
-
-    @staticmethod
-    def _start_container(client: docker.DockerClient, cid: str) -> dict[str, Any]:
-        try:
-            client.api.start(cid)
-        except docker.errors.APIError as exc:
-            with contextlib.suppress(docker.errors.APIError):
-                client.api.remove_container(cid, force=True, v=True)
-            raise RuntimeFailure(f"Docker could not start the container: {_explain(exc)}") \
-                from None
-        return dict(client.api.inspect_container(cid))
 
     @staticmethod
     def _begin_logs(cid: str, spec: RunSpec) -> None:
@@ -420,7 +357,7 @@ class DockerRuntime:
         wanted = {spec.service_id for spec in specs}
         try:
             instance = await self._instance_id()
-            found = await self.engine.call(lambda c: self._scan(c, instance, wanted))
+            found = await self.engine.call(lambda c: scan_containers(c, instance, wanted))
         except RuntimeUnavailable:
             return {}
         result: dict[str, list[Handle]] = {}
@@ -430,23 +367,6 @@ class DockerRuntime:
                 "started_at": info["State"]["StartedAt"],
                 "pid": int(info["State"].get("Pid") or 0) or None}))
         return result
-
-    @staticmethod
-    def _scan(client: docker.DockerClient, instance: str,
-              wanted: set[str]) -> list[tuple[str, dict[str, Any]]]:
-        api = client.api
-        filters = {"label": [f"{MANAGED_LABEL}=true", f"dployr.instance={instance}"]}
-        found = []
-        for item in api.containers(all=True, filters=filters):
-            service_id = (item.get("Labels") or {}).get("dployr.service", "")
-            if service_id not in wanted:
-                log.warning("container_orphan_removed", container_id=item["Id"][:12])
-                with contextlib.suppress(docker.errors.APIError):
-                    api.remove_container(item["Id"], force=True, v=True)
-            elif item.get("State") == "running":
-                with contextlib.suppress(docker.errors.NotFound):
-                    found.append((service_id, dict(api.inspect_container(item["Id"]))))
-        return found
 
     # -- waiting, signals, stop --------------------------------------------------------------
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.docker.containers import container_port, exit_status
 from agent.docker.images import check_cpus, parse_memory, release_tag, validate_reference
 from agent.docker.stats import Reading, reading_from_stats
 from agent.errors import InvalidRequest
-from agent.supervisor.docker import container_port, exit_status
 from agent.supervisor.runtime import ExitStatus, LogPaths, RunSpec
 
 

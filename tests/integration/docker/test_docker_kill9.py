@@ -69,7 +69,7 @@ def test_kill_9_leaves_containers_running_and_logs_complete(agent: LiveAgent,
     started = inspect(cid)["State"]["StartedAt"]
 
     for _ in range(KILLS):
-        wait_until(lambda: len(_numbers(agent, token, sid)) > 10, timeout=30,
+        wait_until(lambda t=token: len(_numbers(agent, t, sid)) > 10, timeout=30,
                    message="lines in the service log")
         assert agent.kill(signal.SIGKILL) == -signal.SIGKILL
         dead_at = _docker_last(cid)

@@ -456,7 +456,9 @@ class ServiceUnit:
         started = self._ctx.clock.monotonic()
         pause = _FIRST_PROBE
         while True:
-            port = check.port or self.r.listen_port or 0
+            # A container is reached only at its published port, whatever check.port says.
+            own = check.port if self.r.runtime != "docker" else None
+            port = own or self.r.listen_port or 0
             result = await probe(check, port)
             async with self._lock:
                 if gen != self._gen:

@@ -36,12 +36,14 @@ async def test_image_answers_on_a_loopback_port_and_through_a_proxy_route(
         dock: DockerHarness) -> None:
     """The test image's httpd answers on 127.0.0.1:<listen_port> (published on loopback only,
     from the image's EXPOSEd port) and through a route of the built-in proxy."""
-    dep = await dock.deploy_image("web")
+    dep = await dock.deploy_image("web", health_check={"path": "/", "interval": 0.5,
+                                                       "port": 8080})
     assert dep["source"] == "image" and dep["runtime"] == "docker"
     assert dep["image_id"].startswith("sha256:")
     sid = dep["service_id"]
     status = await dock.wait_state(sid, "running")
     assert status["runtime"] == "docker" and status["container_id"]
+    assert status["health"] == "passing"  # checked at the published port
     port = status["listen_port"]
     text = await eventually(lambda: _answers(f"http://127.0.0.1:{port}/"), timeout=20,
                             message="the container's httpd")
@@ -217,3 +219,15 @@ async def test_a_busy_container_is_measured_within_its_cpu_limit(dock: DockerHar
     assert usage["rss_bytes"] > 0 and usage["processes"] >= 1
     status = await dock.status(sid)
     assert status["cpu_seconds"] is not None and status["memory_bytes"] is not None
+
+
+async def test_a_container_over_its_memory_limit_is_killed_and_reported(
+        dock: DockerHarness) -> None:
+    """An app that grows past `memory` is killed by the kernel inside Docker's limit; the
+    service reports the run ended by SIGKILL."""
+    grow = 'x=$(head -c 64000000 /dev/zero | tr "\\0" a); echo survived; exec sleep 1000'
+    dep = await dock.deploy_image("hungry", run_cmd=grow, memory="16m",
+                                  restart={"mode": "never"})
+    status = await dock.wait_state(dep["service_id"], "crashed", timeout=60)
+    assert status["last_exit"]["signal"] == "SIGKILL"
+    assert "survived" not in await dock.logs(dep["service_id"])

@@ -47,6 +47,7 @@ log = structlog.get_logger("agent.docker")
 T = TypeVar("T")
 
 _PING_TIMEOUT = 3.0     # seconds a ping may take before the engine counts as not answering
+_FRESH = 0.5            # seconds a successful call vouches for the engine (no ping needed)
 _API_THREADS = 8
 _BUILD_THREADS = 4
 _POOL_SIZE = 512        # idle HTTP connections kept (log streams hold one each while open)
@@ -137,6 +138,7 @@ class DockerEngine:
         self._monitor: asyncio.Task[None] | None = None
         self._wanted: Callable[[], bool] = lambda: False
         self._closed = False
+        self._last_ok = -1e9    # monotonic time of the last call that reached the engine
         _close_failed_unix_connects()
 
     # -- state -------------------------------------------------------------------------------
@@ -243,6 +245,7 @@ class DockerEngine:
         except EngineDown as exc:
             self._set(False, str(exc))
             raise self.unavailable() from None
+        self._last_ok = self._clock.monotonic()
         self._set(True)
         return result
 
@@ -266,8 +269,11 @@ class DockerEngine:
         return ok
 
     async def ensure(self) -> None:
-        """Raise RuntimeUnavailable unless the engine answers a ping now (about a millisecond
-        on a local socket). Called before every command on a Docker service."""
+        """Raise RuntimeUnavailable unless the engine answers: it did within the last
+        ``_FRESH`` seconds, or it answers a ping now (about a millisecond on a local socket).
+        Called before every command on a Docker service."""
+        if self._available and self._clock.monotonic() - self._last_ok < _FRESH:
+            return
         if not await self.ping():
             raise self.unavailable()
 

@@ -192,9 +192,9 @@ class ImageDeployments:
         except sqlite3.IntegrityError:
             raise Conflict(f"A deployment named '{spec.name}' already exists",
                            details={"field": "name", "issue": "Already taken"}) from None
-        await self._tag(image_id, spec.name, release_id)
         await self._supervisor.add(service_id)
         await self._supervisor.start(service_id)
+        await self._tag(image_id, spec.name, release_id)  # after the start: not on its path
         return self._deployments.get(deployment_id)
 
     async def _resolve(self, ref: str) -> str:

@@ -74,6 +74,7 @@ log = structlog.get_logger("agent.supervisor.docker")
 _KILL_WAIT = 10.0        # seconds to wait for a container after SIGKILL
 _RESTREAM_DELAY = 1.0    # seconds before following again a stream that ended early
 _ENDED_KEPT = 1024
+_IMAGES_KEPT = 256
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
 
 
@@ -109,6 +110,7 @@ class DockerRuntime:
         self._resync_listeners: list[Callable[[set[str]], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._images: dict[str, dict[str, Any]] = {}
         engine.add_listener(self._on_availability)
 
     # -- lifetime and availability -----------------------------------------------------------
@@ -202,11 +204,20 @@ class DockerRuntime:
         return handle
 
     async def _image(self, ref: str) -> dict[str, Any]:
-        """The image's inspect; pulled first when it is not on this host."""
+        """The image's inspect; pulled first when it is not on this host. Inspects of image
+        ids (what releases run) are kept: an id always names the same image."""
+        cached = self._images.get(ref)
+        if cached is not None:
+            return cached
         try:
-            return await resolve_image(self.engine, ref, limit=self._config.pull_timeout)
+            image = await resolve_image(self.engine, ref, limit=self._config.pull_timeout)
         except ImageMissing as exc:
             raise RuntimeFailure(str(exc)) from None
+        if ref.startswith("sha256:"):
+            if len(self._images) >= _IMAGES_KEPT:
+                self._images.pop(next(iter(self._images)))
+            self._images[ref] = {"Id": image.get("Id"), "Config": image.get("Config") or {}}
+        return image
 
     @staticmethod
     def _begin_logs(cid: str, spec: RunSpec) -> None:

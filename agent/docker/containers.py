@@ -6,7 +6,7 @@
   restart policy ``no``, init, memory/swap and CPU limits, the stop signal);
 - ``start_container``: start it (removed again if it cannot start) and inspect it;
 - ``scan_containers``: the running containers of one agent instance, by label; containers of
-  services that no longer exist are removed on the way;
+  services that no longer exist, and containers never started, are removed on the way;
 - ``container_port`` and ``exit_status``: the rules for the container port and for reading
   how a container ended.
 """
@@ -119,7 +119,9 @@ def scan_containers(client: docker.DockerClient, instance: str,
     found = []
     for item in api.containers(all=True, filters=filters):
         service_id = (item.get("Labels") or {}).get("dployr.service", "")
-        if service_id not in wanted:
+        # Never started: an agent died between creating and starting it (a recorded run
+        # was always started), or its service no longer exists.
+        if service_id not in wanted or item.get("State") == "created":
             log.warning("container_orphan_removed", container_id=item["Id"][:12])
             with contextlib.suppress(docker.errors.APIError):
                 api.remove_container(item["Id"], force=True, v=True)

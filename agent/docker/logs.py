@@ -7,7 +7,7 @@ json-file log instead; a ``LogForwarder`` per stream follows it through the engi
 own) and appends each message, without Docker's timestamp, to the raw file.
 
 No line is lost or doubled across an agent crash. The forwarder remembers its *position*
-in ``run/docker-<stream>.json``: the container, the Docker timestamp (nanoseconds) of the
+in ``run/docker-<container>-<stream>.json``: the container, the Docker timestamp (nanoseconds) of the
 last message copied, how many messages carried exactly that timestamp, and the raw file's
 size right after it. A restarted forwarder asks Docker for the messages ``since`` that
 timestamp, drops those up to the remembered one, and then drops as many *bytes* of the next
@@ -116,8 +116,10 @@ class LogForwarder:
         self.copied = 0                    # messages appended by this forwarder (for tests)
 
     @staticmethod
-    def state_path(run_dir: Path, stream: Stream) -> Path:
-        return run_dir / f"docker-{stream}.json"
+    def state_path(run_dir: Path, container_id: str, stream: Stream) -> Path:
+        """The position file of one stream of one container (each container has its own, so
+        that a stray container being stopped never moves the position of the real one)."""
+        return run_dir / f"docker-{container_id[:12]}-{stream}.json"
 
     @staticmethod
     def begin(container_id: str, raw: Path, state: Path) -> None:

@@ -87,7 +87,7 @@ class _Watch:
     forwarders: list[LogForwarder] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
     streaming: int = 0           # forwarders following now
-    stopping: bool = False       # a stop was asked: kill whatever is left after an outage
+    abandoned: bool = False      # a stop failed for want of the engine: kill it when back
     settling: asyncio.Task[None] | None = None
     restreams: int = 0
 
@@ -222,7 +222,7 @@ class DockerRuntime:
     @staticmethod
     def _begin_logs(cid: str, spec: RunSpec) -> None:
         for stream, raw in zip(_STREAMS, (spec.logs.stdout, spec.logs.stderr), strict=True):
-            LogForwarder.begin(cid, raw, LogForwarder.state_path(spec.run_dir, stream))
+            LogForwarder.begin(cid, raw, LogForwarder.state_path(spec.run_dir, cid, stream))
 
     # -- watching ----------------------------------------------------------------------------
 
@@ -236,7 +236,7 @@ class DockerRuntime:
     def _forwarders(self, watch: _Watch) -> list[LogForwarder]:
         raws = (watch.logs.stdout, watch.logs.stderr)
         return [LogForwarder(self.engine.client, watch.container_id, stream, raw,
-                             LogForwarder.state_path(watch.run_dir, stream))
+                             LogForwarder.state_path(watch.run_dir, watch.container_id, stream))
                 for stream, raw in zip(_STREAMS, raws, strict=True)]
 
     def _follow(self, watch: _Watch) -> None:
@@ -290,7 +290,7 @@ class DockerRuntime:
                 self._finish(watch, ExitStatus())
                 return
             if state.get("Running"):
-                if watch.stopping:
+                if watch.abandoned:
                     with contextlib.suppress(RuntimeUnavailable):
                         await self._kill(cid, int(_signal.SIGKILL))
                 if watch.restreams:
@@ -327,6 +327,9 @@ class DockerRuntime:
         while len(self._ended) > _ENDED_KEPT:
             self._ended.pop(next(iter(self._ended)))
         self.stats_cache.forget(cid)
+        for stream in _STREAMS:
+            with contextlib.suppress(OSError):
+                LogForwarder.state_path(watch.run_dir, cid, stream).unlink(missing_ok=True)
         if not watch.exited.done():
             watch.exited.set_result(status)
 
@@ -417,7 +420,6 @@ class DockerRuntime:
             with contextlib.suppress(RuntimeUnavailable, docker.errors.APIError):
                 await self.engine.call(lambda c: c.api.remove_container(cid, force=True, v=True))
             return ExitStatus()
-        watch.stopping = True
         try:
             if not watch.exited.done():
                 await self._kill(cid, sig)
@@ -428,7 +430,7 @@ class DockerRuntime:
                 await self._kill(cid, int(_signal.SIGKILL))
                 self._kick(watch)
         except RuntimeUnavailable as exc:
-            # The container is killed by the resync when the engine answers again.
+            watch.abandoned = True  # killed by the resync when the engine answers again
             raise RuntimeFailure(exc.message) from None
         try:
             return await asyncio.wait_for(asyncio.shield(watch.exited), _KILL_WAIT)

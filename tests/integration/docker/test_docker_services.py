@@ -231,3 +231,38 @@ async def test_a_container_over_its_memory_limit_is_killed_and_reported(
     status = await dock.wait_state(dep["service_id"], "crashed", timeout=60)
     assert status["last_exit"]["signal"] == "SIGKILL"
     assert "survived" not in await dock.logs(dep["service_id"])
+
+
+async def test_on_start_strays_and_orphans_of_this_instance_are_removed(
+        dock: DockerHarness) -> None:
+    """A restarted agent keeps its recorded container and removes other containers labelled
+    for this instance: a second run of the same service, one of a deleted service, one never
+    started. Containers of other instances are left alone."""
+    sid = (await dock.deploy_image("solo", run_cmd="exec sleep 1000"))["service_id"]
+    recorded = (await dock.wait_state(sid, "running"))["container_id"]
+    instance = inspect_labels_of_instance(dock)
+    from tests.support.docker import BASE_IMAGE
+
+    def labelled(service: str, *args: str) -> list[str]:
+        return ["--label", "dployr.managed=true", "--label", f"dployr.instance={instance}",
+                "--label", f"dployr.service={service}", *args]
+
+    stray = docker("run", "-d", *labelled(sid), BASE_IMAGE, "sleep", "1000")
+    orphan = docker("run", "-d", *labelled("svc_gone"), BASE_IMAGE, "sleep", "1000")
+    never = docker("create", *labelled(sid), BASE_IMAGE, "sleep", "1000")
+    foreign = docker("run", "-d", "--label", "dployr.managed=true", "--label",
+                     "dployr.instance=ins_someone_else", "--label", f"dployr.service={sid}",
+                     BASE_IMAGE, "sleep", "1000")
+    try:
+        await dock.restart_agent()
+        after = await dock.wait_state(sid, "running")
+        assert after["container_id"] == recorded
+
+        def gone(cid: str) -> bool:
+            return docker("ps", "-aq", "--no-trunc", "--filter", f"id={cid}") == ""
+
+        # Done while the agent opened, before it answered.
+        assert gone(stray) and gone(orphan) and gone(never)
+        assert not gone(foreign) and inspect(foreign)["State"]["Running"]
+    finally:
+        docker("rm", "-f", foreign, check=False)

@@ -209,7 +209,7 @@ def _local(body: DeploymentCreate) -> LocalDeployment:
 
 
 @routes.post("/v1/deployments", summary="Create a deployment", access="developer",
-             body=DeploymentCreate, response=Deployment, status=201, errors=(409, 503),
+             body=DeploymentCreate, response=Deployment, status=201, errors=(409, 502, 503),
              description="`source: \"local\"` (admin only) runs an app from a directory inside "
                          "`[services] allowed_local_roots`; `source: \"image\"` runs a Docker "
                          "image (`image`, optional `memory`/`cpus` limits; 503 "

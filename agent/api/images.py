@@ -80,7 +80,7 @@ def _change(body: DeploymentUpdate) -> ImageUpdate:
 
 
 @routes.put("/v1/deployments/{id}", summary="Update a deployment", access="developer",
-            body=DeploymentUpdate, response=Deployment, errors=(409, 503),
+            body=DeploymentUpdate, response=Deployment, errors=(409, 502, 503),
             description="Image deployments: a new `image` makes a new release; `env` sets "
                         "variables; `memory`/`cpus` change the limits. A running service is "
                         "restarted on the new settings (status `pending`, then `succeeded` or "
@@ -91,7 +91,7 @@ async def update_deployment(request: web.Request, body: DeploymentUpdate) -> Dep
 
 
 @routes.post("/v1/deployments/{id}/rollback", summary="Roll a deployment back",
-             access="developer", body=RollbackBody, response=Deployment, errors=(409, 503),
+             access="developer", body=RollbackBody, response=Deployment, errors=(409, 502, 503),
              description="Runs an earlier release's image again (no pull, no build), as a new "
                          "release; emits `deployment.rolled_back`.")
 async def rollback_deployment(request: web.Request, body: RollbackBody) -> Deployment:

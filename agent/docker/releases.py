@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from agent.deployments import Deployment, DeploymentService
 from agent.docker.engine import DockerEngine
 from agent.docker.images import ImageMissing, release_tag, resolve_image, validate_reference
 from agent.env import EnvService, validate_env
-from agent.errors import Conflict, InvalidRequest, NotFound, RuntimeUnavailable
+from agent.errors import BadGateway, Conflict, InvalidRequest, NotFound, RuntimeUnavailable
 from agent.ids import new_id
 from agent.store import Database, Tx
 from agent.supervisor.health import HealthCheck
@@ -109,6 +109,17 @@ def _limits(memory: int | None, cpus: float | None) -> dict[str, Any] | None:
     return limits or None
 
 
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """An error of the engine's own (not a missing image: those are 400s) is a 502."""
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        log.warning("docker_request_failed", status=exc.status_code)
+        raise BadGateway(f"The Docker engine refused: {str(exc.explanation or exc)[:300]}") \
+            from None
+
+
 class ImageDeployments:
     """Create, update and roll back image deployments; list their releases."""
 
@@ -147,9 +158,26 @@ class ImageDeployments:
                                        "releases in this agent version")
         return deployment
 
-    # -- create ------------------------------------------------------------------------------
+    # -- create, update, rollback ------------------------------------------------------------
 
     async def create(self, spec: ImageDeployment) -> Deployment:
+        """Insert the deployment, its service, env and first release; start it.
+        400 (bad input, image not found), 409 (name taken), 503 (no engine), 502 (engine
+        error)."""
+        with _engine_errors():
+            return await self._create(spec)
+
+    async def update(self, key: str, change: ImageUpdate) -> Deployment:
+        """Apply a PUT: new release, env, limits; restart a running service on them."""
+        with _engine_errors():
+            return await self._update(key, change)
+
+    async def rollback(self, key: str, release_id: str | None = None) -> Deployment:
+        """Run an earlier release's image again, as a new release (see ``_rollback``)."""
+        with _engine_errors():
+            return await self._rollback(key, release_id)
+
+    async def _create(self, spec: ImageDeployment) -> Deployment:
         """Insert the deployment, its service, env and first release; start it.
         400 (bad input, image not found), 409 (name taken), 503 (no engine)."""
         validate_reference(spec.image)
@@ -213,7 +241,7 @@ class ImageDeployments:
 
     # -- update and rollback -----------------------------------------------------------------
 
-    async def update(self, key: str, change: ImageUpdate) -> Deployment:
+    async def _update(self, key: str, change: ImageUpdate) -> Deployment:
         """Apply a PUT: new release, env, limits; restart a running service on them."""
         deployment = self._image_deployment(key)
         if change.image is not None:
@@ -252,7 +280,7 @@ class ImageDeployments:
             await self._apply(deployment, restart)
         return self._deployments.get(deployment.id)
 
-    async def rollback(self, key: str, release_id: str | None = None) -> Deployment:
+    async def _rollback(self, key: str, release_id: str | None = None) -> Deployment:
         """Run an earlier release's image again (default: the newest one whose image differs
         from the current), as a new release; 409 when there is none or its image is gone."""
         deployment = self._image_deployment(key)

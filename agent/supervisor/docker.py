@@ -73,6 +73,7 @@ log = structlog.get_logger("agent.supervisor.docker")
 
 _KILL_WAIT = 10.0        # seconds to wait for a container after SIGKILL
 _RESTREAM_DELAY = 1.0    # seconds before following again a stream that ended early
+_RETRY_DELAY = 5.0       # seconds before looking again at a container the engine erred on
 _ENDED_KEPT = 1024
 _IMAGES_KEPT = 256
 _STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
@@ -143,10 +144,6 @@ class DockerRuntime:
         failed while it was away (the caller starts them again)."""
         self._resync_listeners.append(listener)
 
-    def watched(self) -> int:
-        """How many containers are watched (for tests and the bench)."""
-        return len(self._watches)
-
     def _running_ids(self) -> list[str]:
         return [cid for cid, w in self._watches.items() if not w.exited.done()]
 
@@ -193,6 +190,9 @@ class DockerRuntime:
         except RuntimeUnavailable as exc:
             self._failed_starts.add(spec.service_id)
             raise RuntimeFailure(exc.message) from None
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"the Docker engine refused: {exc.explanation or exc}") \
+                from None
         handle = Handle(self.kind, {"container_id": cid, "name": info["Name"].lstrip("/"),
                                     "started_at": info["State"]["StartedAt"],
                                     "pid": int(info["State"].get("Pid") or 0) or None})
@@ -289,6 +289,9 @@ class DockerRuntime:
             except docker.errors.NotFound:
                 self._finish(watch, ExitStatus())
                 return
+            except docker.errors.APIError as exc:
+                self._retry_later(watch, exc)
+                return
             if state.get("Running"):
                 if watch.abandoned:
                     with contextlib.suppress(RuntimeUnavailable):
@@ -311,6 +314,13 @@ class DockerRuntime:
             self._finish(watch, exit_status(state))
         finally:
             watch.settling = None
+
+    def _retry_later(self, watch: _Watch, exc: docker.errors.APIError) -> None:
+        """The engine answered with an error of its own: look at the container again later."""
+        log.warning("container_inspect_failed", container_id=watch.container_id[:12],
+                    status=exc.status_code)
+        if self._loop is not None:
+            self._loop.call_later(_RETRY_DELAY, self._kick, watch)
 
     def _drain(self, watch: _Watch) -> None:
         """Copy what is left of a stopped container's output (from the saved positions).
@@ -353,6 +363,9 @@ class DockerRuntime:
         except docker.errors.NotFound:
             self._finish(watch, ExitStatus())
             return Adopted(alive=False)
+        except docker.errors.APIError as exc:
+            self._retry_later(watch, exc)  # unknown yet: kept as running, looked at again
+            return Adopted(alive=True)
         if state.get("Running"):
             if state.get("StartedAt") != handle.data.get("started_at"):
                 log.warning("container_restarted_outside_agent", container_id=cid[:12])
@@ -372,7 +385,8 @@ class DockerRuntime:
         try:
             instance = await self._instance_id()
             found = await self.engine.call(lambda c: scan_containers(c, instance, wanted))
-        except RuntimeUnavailable:
+        except (RuntimeUnavailable, docker.errors.APIError) as exc:
+            log.warning("container_scan_failed", error_type=type(exc).__name__)
             return {}
         result: dict[str, list[Handle]] = {}
         for service_id, info in found:

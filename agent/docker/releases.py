@@ -305,9 +305,9 @@ class ImageDeployments:
                 self._mark_pending(tx, deployment.id, restart, now)
                 tx.emit("deployment.rolled_back", {
                     "deployment_id": deployment.id, "name": deployment.name,
-                    "service_id": deployment.service_id, "release_id": new_release,
-                    "rollback_of": target.id, "image": target.image,
-                    "image_id": target.image_id})
+                    "service_id": deployment.service_id, "from_release_id": releases[0].id,
+                    "to_release_id": new_release, "rollback_of": target.id,
+                    "image": target.image, "image_id": target.image_id})
 
             await self._db.write(write)
             await self._tag(target.image_id, deployment.name, new_release)

@@ -91,6 +91,8 @@ async def test_put_new_tag_then_rollback_to_the_previous_image_without_a_build(
         rows = conn.execute("SELECT data FROM events WHERE type = 'deployment.rolled_back'")
         event = json.loads(rows.fetchone()[0])
     assert event["deployment_id"] == dep["id"] and event["image_id"] == images["v1"]
+    assert (event["from_release_id"], event["to_release_id"]) == (releases[1]["id"],
+                                                                  releases[0]["id"])
 
     again = await dock.request("POST", f"/v1/deployments/{dep['id']}/rollback", expect=200)
     assert again["image_id"] == images["v2"]  # a second rollback undoes the first

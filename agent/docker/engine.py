@@ -139,6 +139,7 @@ class DockerEngine:
         self._wanted: Callable[[], bool] = lambda: False
         self._closed = False
         self._last_ok = -1e9    # monotonic time of the last call that reached the engine
+        self._pings: set[asyncio.Task[bool]] = set()
         _close_failed_unix_connects()
 
     # -- state -------------------------------------------------------------------------------
@@ -196,7 +197,9 @@ class DockerEngine:
     def report_failure(self, reason: str) -> None:
         """A stream or thread lost the engine: check now instead of at the next ping."""
         if self._available is not False and self._monitor is not None and not self._closed:
-            asyncio.get_running_loop().create_task(self.ping())
+            task = asyncio.get_running_loop().create_task(self.ping())
+            self._pings.add(task)
+            task.add_done_callback(self._pings.discard)
         log.debug("docker_stream_lost", reason=reason)
 
     # -- the client and calls ----------------------------------------------------------------

@@ -95,6 +95,7 @@ class DockerStats(ContainerUsageSource):
         self._containers: Callable[[], Iterable[str]] = list
         self._task: asyncio.Task[None] | None = None
         self._pending: set[str] = set()
+        self._firsts: set[asyncio.Task[None]] = set()
 
     # -- readers (cheap, never wait) ---------------------------------------------------------
 
@@ -153,7 +154,9 @@ class DockerStats(ContainerUsageSource):
             finally:
                 self._pending.discard(container_id)
 
-        asyncio.get_running_loop().create_task(first())
+        task = asyncio.get_running_loop().create_task(first())
+        self._firsts.add(task)
+        task.add_done_callback(self._firsts.discard)
 
     def forget(self, container_id: str) -> None:
         self._latest.pop(container_id, None)
@@ -176,6 +179,8 @@ class DockerStats(ContainerUsageSource):
                     log.warning("docker_stats_failed", error_type=type(exc).__name__)
 
     async def close(self) -> None:
+        for task in list(self._firsts):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -112,6 +112,7 @@ class DockerRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._images: dict[str, dict[str, Any]] = {}
+        self._timers: list[asyncio.TimerHandle] = []
         engine.add_listener(self._on_availability)
 
     # -- lifetime and availability -----------------------------------------------------------
@@ -127,6 +128,10 @@ class DockerRuntime:
         threads = [t for w in self._watches.values() for t in w.threads]
         for cid in list(self._watches):
             self._release(cid)
+        for timer in self._timers:
+            timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         await self.stats_cache.close()
 
         def join() -> None:
@@ -320,7 +325,7 @@ class DockerRuntime:
         log.warning("container_inspect_failed", container_id=watch.container_id[:12],
                     status=exc.status_code)
         if self._loop is not None:
-            self._loop.call_later(_RETRY_DELAY, self._kick, watch)
+            self._timers.append(self._loop.call_later(_RETRY_DELAY, self._kick, watch))
 
     def _drain(self, watch: _Watch) -> None:
         """Copy what is left of a stopped container's output (from the saved positions).

@@ -266,3 +266,14 @@ async def test_on_start_strays_and_orphans_of_this_instance_are_removed(
         assert not gone(foreign) and inspect(foreign)["State"]["Running"]
     finally:
         docker("rm", "-f", foreign, check=False)
+
+
+async def test_a_container_ignoring_its_stop_signal_is_killed_after_the_grace(
+        dock: DockerHarness) -> None:
+    """An app that ignores SIGTERM gets SIGKILL once `stop_timeout` has passed."""
+    cmd = 'trap "" TERM; while :; do sleep 0.2; done'
+    sid = (await dock.deploy_image("stubborn", run_cmd=cmd, stop_timeout=1))["service_id"]
+    await dock.wait_state(sid, "running")
+    stopped = await dock.action(sid, "stop", wait=True)
+    assert stopped["state"] == "stopped"
+    assert (await dock.status(sid))["last_exit"]["signal"] == "SIGKILL"

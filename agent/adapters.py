@@ -15,18 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent.errors import NotFound
+from agent.errors import AgentError, NotFound
 from agent.events import EventBus
 from agent.instance import InstanceService
 from agent.metrics import ServiceSource
 from agent.metrics.sampler import Sampler
-from agent.metrics.sources import ProxyState, ServiceProcess
+from agent.metrics.sources import HealthContributor, HealthReason, ProxyState, ServiceProcess
 from agent.proxy import ServiceLocator
 from agent.proxy.backend import ProxyBackend
 from agent.proxy.locator import StaticSite, Target, Upstream
 from agent.proxy.routes import RouteService
+from agent.supervisor.docker import DockerRuntime
 from agent.supervisor.manager import Supervisor
-from agent.supervisor.states import ServiceState
+from agent.supervisor.states import DesiredState, ServiceState
 from agent.supervisor.views import ServiceInfo
 
 if TYPE_CHECKING:  # the upstream package is imported only when the link is enabled
@@ -34,10 +35,13 @@ if TYPE_CHECKING:  # the upstream package is imported only when the link is enab
 
 __all__ = [
     "SupervisorView",
+    "docker_health",
     "drop_orphan_routes",
     "follow_service_targets",
     "proxy_state_source",
+    "restart_after_resync",
     "supervisor_providers",
+    "uses_docker",
 ]
 
 log = structlog.get_logger("agent.adapters")
@@ -82,7 +86,8 @@ class SupervisorView(ServiceLocator, ServiceSource):
     def services(self) -> list[ServiceProcess]:
         return [ServiceProcess(service_id=info.id, name=info.name,
                                runtime="docker" if info.runtime == "docker" else "process",
-                               state=info.state.value, pid=info.pid)
+                               state=info.state.value, pid=info.pid,
+                               container_id=info.container_id)
                 for info in self._supervisor.list()]
 
 
@@ -114,7 +119,8 @@ def supervisor_providers(base: UpstreamProviders, supervisor: Supervisor,
                  "runtime": s.runtime, "state": s.state.value,
                  "desired_state": s.desired_state.value, "pid": s.pid, "port": s.port,
                  "listen_port": s.listen_port, "restart_count": s.restart_count,
-                 "health": s.health, "started_at": s.started_at}
+                 "health": s.health, "started_at": s.started_at,
+                 "container_id": s.container_id}
                 for s in supervisor.list()]
 
     async def metrics() -> dict[str, Any]:
@@ -167,3 +173,52 @@ async def drop_orphan_routes(routes: RouteService, locator: ServiceLocator) -> i
     if dropped:
         log.info("orphan_routes_deleted", count=dropped)
     return dropped
+
+
+def uses_docker(supervisor: Supervisor, *, default_runtime: str) -> Callable[[], bool]:
+    """Whether Docker matters on this instance now: a Docker service exists, or plain
+    deployments run in Docker by default."""
+
+    def wanted() -> bool:
+        return default_runtime == "docker" or any(
+            info.runtime == "docker" for info in supervisor.list())
+
+    return wanted
+
+
+def docker_health(runtime: DockerRuntime, wanted: Callable[[], bool]) -> HealthContributor:
+    """The instance is degraded (``runtime_unavailable``) while the engine does not answer
+    and Docker matters here."""
+
+    def reasons() -> tuple[HealthReason, ...]:
+        if runtime.engine.available is False and wanted():
+            return (HealthReason("runtime_unavailable", runtime.engine.message),)
+        return ()
+
+    return reasons
+
+
+_RETRY_STATES = frozenset({ServiceState.FAILED, ServiceState.BACKOFF, ServiceState.STOPPED})
+
+
+def restart_after_resync(supervisor: Supervisor) -> Callable[[set[str]], None]:
+    """After the Docker engine came back: start again the services whose start failed while
+    it was away (those still meant to run)."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def start(service_id: str) -> None:
+        try:
+            info = supervisor.get(service_id)
+            if info.desired_state is DesiredState.RUNNING and info.state in _RETRY_STATES:
+                log.info("service_restarted_after_resync", service_id=service_id)
+                await supervisor.start(service_id)
+        except AgentError as exc:
+            log.warning("service_resync_start_failed", service_id=service_id, code=exc.code)
+
+    def restart(service_ids: set[str]) -> None:
+        for service_id in sorted(service_ids):
+            task = asyncio.get_running_loop().create_task(start(service_id))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    return restart

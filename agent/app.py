@@ -9,13 +9,20 @@ environment: the CLI passes what it read.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
 from agent import __version__
 from agent import lifecycle as life
-from agent.adapters import SupervisorView, proxy_state_source, supervisor_providers
+from agent.adapters import (
+    SupervisorView,
+    docker_health,
+    proxy_state_source,
+    restart_after_resync,
+    supervisor_providers,
+    uses_docker,
+)
 from agent.api import accounts as accounts_api
 from agent.api import auth as auth_api
 from agent.api import deployments as deployments_api
@@ -41,8 +48,12 @@ from agent.config import AgentConfig, parse_duration
 from agent.delivery import DeployLogs, RemoteDeployments, RunRecorder, SupervisorStarter
 from agent.deploy.kit import DeployKit
 from agent.deployments import DeploymentService
+from agent.docker.engine import DockerEngine
+from agent.docker.releases import ImageDeployments
+from agent.docker.stats import DockerStats
 from agent.env import EnvService
 from agent.events import EventBus
+from agent.ids import new_id
 from agent.instance import InstanceService, RuntimeDetector
 from agent.keys import (
     ACCOUNTS_KEY,
@@ -53,7 +64,9 @@ from agent.keys import (
     CONFIG_KEY,
     DB_KEY,
     DEPLOYMENTS_KEY,
+    DOCKER_KEY,
     ENV_KEY,
+    IMAGES_KEY,
     INSTANCE_KEY,
     LOCATOR_KEY,
     OPENAPI_KEY,
@@ -84,7 +97,8 @@ from agent.metrics.processes import ProcessTreeSampler
 from agent.projects import ProjectService
 from agent.proxy import RouteService, ServiceLocator, make_backend
 from agent.ratelimit import RateLimits
-from agent.store import Database, ensure_private_dir
+from agent.store import Database, Tx, ensure_private_dir
+from agent.supervisor.docker import DockerRuntime
 from agent.supervisor.manager import Supervisor
 from agent.supervisor.process import ProcessRuntime
 from agent.supervisor.runtime import Runtime
@@ -122,7 +136,7 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     """Build the agent's aiohttp application from its configuration.
 
     Every keyword replaces one part, for tests: ``clock``, ``hasher`` (password hashing),
-    ``runtimes`` (runtime kind -> implementation; default the process runtime),
+    ``runtimes`` (runtime kind -> implementation; default the process and Docker runtimes),
     ``service_source`` (what the metrics sampler measures), ``host_reader`` (psutil host
     reads), ``runtime_detector`` (the runtime version probes), ``locator`` (where the proxy
     sends a service's traffic). By default the supervisor is both the locator and the
@@ -156,11 +170,14 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
         unauthenticated=config.ratelimit.unauthenticated_per_hour,
         clock=clock, max_keys=config.ratelimit.max_tracked_clients)
 
-    supervisor = _add_services(app, config, db, clock, runtimes)
+    docker = _add_docker(app, config, db, clock)
+    supervisor = _add_services(app, config, db, clock,
+                               runtimes or {"process": ProcessRuntime(), "docker": docker})
     _add_deploys(app, config, db, clock, supervisor)
     view = SupervisorView(supervisor)
     _add_proxy(app, config, db, clock, locator or view)
     _add_metrics(app, config, clock, db, service_source or view, host_reader, runtime_detector)
+    _wire_docker(app, config, db, clock, docker)
     _add_webhooks_and_upstream(app, config, db, bus, clock)
 
     endpoints = add_endpoints(app, ROUTE_TABLES)
@@ -174,6 +191,7 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
 
     app.cleanup_ctx.append(life.store_ctx)
     app.cleanup_ctx.append(life.admin_ctx(admin or AdminSeed()))
+    app.cleanup_ctx.append(life.docker_ctx)
     app.cleanup_ctx.append(life.supervisor_ctx)
     app.cleanup_ctx.append(life.proxy_ctx)
     app.cleanup_ctx.append(life.deploy_ctx)
@@ -202,8 +220,54 @@ def _openapi_once(endpoints: list[Endpoint]) -> Callable[[], bytes]:
     return openapi
 
 
+def _add_docker(app: web.Application, config: AgentConfig, db: Database,
+                clock: Clock) -> DockerRuntime:
+    """The Docker runtime (its client is created on first use: no engine is needed here)."""
+    engine = DockerEngine(config.docker, clock=clock)
+    stats = DockerStats(engine, clock, interval=config.docker.stats_interval)
+    runtime = DockerRuntime(engine, config.docker, instance_id=_instance_id_loader(db),
+                            stats=stats)
+    app[DOCKER_KEY] = runtime
+    return runtime
+
+
+def _instance_id_loader(db: Database) -> Callable[[], Awaitable[str]]:
+    """The instance id (labels of containers), as InstanceService keeps it in ``meta``; loaded
+    (or created, with the same idempotent statement) on first use."""
+    cached: list[str] = []
+
+    def load_or_create(tx: Tx) -> str:
+        tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('instance_id', ?)",
+                   (new_id("ins"),))
+        return str(tx.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()[0])
+
+    async def load() -> str:
+        if not cached:
+            cached.append(await db.write(load_or_create))
+        return cached[0]
+
+    return load
+
+
+def _wire_docker(app: web.Application, config: AgentConfig, db: Database, clock: Clock,
+                 docker: DockerRuntime) -> None:
+    """Image deployments, and Docker's seams: stats, health, re-sync after an outage."""
+    supervisor = app[SUPERVISOR_KEY]
+    wanted = uses_docker(supervisor, default_runtime=config.runtime.default)
+    docker.engine.set_wanted(wanted)
+    docker.add_resync_listener(restart_after_resync(supervisor))
+    app[SAMPLER_KEY].set_container_usage(docker.stats_cache)
+    app[INSTANCE_KEY].add_health_contributor(docker_health(docker, wanted))
+    images = ImageDeployments(db, clock, docker.engine, supervisor=supervisor,
+                              env=app[ENV_KEY], deployments=app[DEPLOYMENTS_KEY],
+                              services=config.services, docker_config=config.docker,
+                              deploy=config.deploy)
+    app[IMAGES_KEY] = images
+    app[DEPLOYMENTS_KEY].add_removal_hook(images.remove_images)
+
+
 def _add_services(app: web.Application, config: AgentConfig, db: Database, clock: Clock,
-                  runtimes: Mapping[str, Runtime] | None) -> Supervisor:
+                  runtimes: Mapping[str, Runtime]) -> Supervisor:
     """Supervision, logs, env vars and deployments."""
     services = config.services
     logs = LogManager(max_bytes=services.log_max_bytes, max_files=services.log_max_files,
@@ -212,8 +276,7 @@ def _add_services(app: web.Application, config: AgentConfig, db: Database, clock
                      max_vars=services.env_max_vars)
     supervisor = Supervisor(db, clock, services, apps_dir=config.state.dir / "apps", logs=logs,
                             env=env, build_timeout=config.deploy.build_timeout,
-                            runtimes={"static": StaticRuntime(),
-                                      **(runtimes or {"process": ProcessRuntime()})})
+                            runtimes={"static": StaticRuntime(), **runtimes})
     app[ENV_KEY] = env
     app[SUPERVISOR_KEY] = supervisor
     app[DEPLOYMENTS_KEY] = DeploymentService(db, clock, services, supervisor, env)

@@ -38,7 +38,9 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "DeployConfig",
+    "DockerConfig",
     "ProxyConfig",
+    "RuntimeConfig",
     "load_config",
     "parse_duration",
     "parse_listen",
@@ -172,6 +174,45 @@ class DeployConfig(_Section):
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+class RuntimeConfig(_Section):
+    """Which runtime runs apps that do not name one."""
+
+    default: Literal["process", "docker"] = "process"
+
+
+_DOCKER_SIZE = re.compile(r"[1-9][0-9]{0,9}[kmg]", re.ASCII)
+
+
+class DockerConfig(_Section):
+    """The Docker engine: where it is, how containers log and are measured."""
+
+    host: str = ""
+    api_version: str = Field(default="1.41", pattern=r"^1\.[0-9]{2}$")
+    timeout: float = Field(default=60.0, gt=0, le=3600)
+    ping_interval: float = Field(default=5.0, gt=0, le=3600)
+    retry_interval: float = Field(default=1.0, gt=0, le=3600)
+    log_max_size: str = "10m"
+    log_max_file: int = Field(default=3, ge=1, le=100)
+    init: bool = True
+    stats_interval: float = Field(default=5.0, ge=0.5, le=3600)
+    stats_concurrency: int = Field(default=32, ge=1, le=1024)
+    pull_timeout: float = Field(default=600.0, gt=0, le=86_400)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if value and not value.startswith(("unix://", "tcp://", "ssh://", "npipe://")):
+            raise ValueError("expected unix://, tcp:// or ssh:// (or empty for DOCKER_HOST)")
+        return value
+
+    @field_validator("log_max_size")
+    @classmethod
+    def _check_size(cls, value: str) -> str:
+        if not _DOCKER_SIZE.fullmatch(value):
+            raise ValueError("expected a size such as 512k, 10m or 1g")
+        return value
+
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _DURATION = re.compile(r"[1-9][0-9]{0,6}[smhd]", re.ASCII)
@@ -355,6 +396,8 @@ class AgentConfig(_Section):
     webhooks: WebhooksConfig = WebhooksConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     proxy: ProxyConfig = ProxyConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    docker: DockerConfig = DockerConfig()
 
 
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]],

@@ -83,6 +83,7 @@ class Deployment:
     release_id: str | None = None               # the release the service runs now
     release: dict[str, Any] | None = None       # the run that made it live: commit, toolchain
     has_credentials: bool = False
+    image_id: str | None = None                 # the image the service runs (image deployments)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Deployment:
@@ -99,12 +100,13 @@ class Deployment:
                    status=row["status"], status_detail=js("status_detail"),
                    created_at=row["created_at"], updated_at=row["updated_at"],
                    service_id=row["service_id"], release_id=row["release_id"],
-                   release=js("release_detail"), has_credentials=bool(row["has_credentials"]))
+                   release=js("release_detail"), has_credentials=bool(row["has_credentials"]),
+                   image_id=row["image_id"])
 
 
 # The current release's details come from the newest run that made it live.
 _SELECT = (
-    "SELECT d.*, s.id AS service_id, s.release_id AS release_id,"
+    "SELECT d.*, s.id AS service_id, s.release_id AS release_id, s.image_id AS image_id,"
     " EXISTS (SELECT 1 FROM deployment_credentials c WHERE c.deployment_id = d.id)"
     " AS has_credentials,"
     " (SELECT r.detail FROM deploy_runs r WHERE r.deployment_id = d.id"

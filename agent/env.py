@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from agent.clock import Clock
@@ -143,3 +143,19 @@ class EnvService:
             "INSERT INTO service_env (service_id, key, value, secret, created_at, updated_at)"
             " VALUES (?, ?, ?, 0, ?, ?)",
             [(service_id, k, v, now, now) for k, v in env.items()])
+
+    @staticmethod
+    def upsert_all(tx: Tx, service_id: str, env: Mapping[str, str], now: float) -> None:
+        """Create or replace validated variables inside a caller's transaction (a deployment
+        update); others are left as they are."""
+        tx.conn.executemany(
+            "INSERT INTO service_env (service_id, key, value, secret, created_at, updated_at)"
+            " VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT (service_id, key)"
+            " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            [(service_id, k, v, now, now) for k, v in env.items()])
+
+    @staticmethod
+    def remove_all(tx: Tx, service_id: str, keys: Iterable[str]) -> None:
+        """Remove variables inside a caller's transaction; absent keys are ignored."""
+        tx.conn.executemany("DELETE FROM service_env WHERE service_id = ? AND key = ?",
+                            [(service_id, k) for k in keys])

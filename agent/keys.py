@@ -13,6 +13,7 @@ from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.delivery import RemoteDeployments
 from agent.deployments import DeploymentService
+from agent.docker.releases import ImageDeployments
 from agent.env import EnvService
 from agent.events import EventBus
 from agent.instance import InstanceService
@@ -21,6 +22,7 @@ from agent.projects import ProjectService
 from agent.proxy import ProxyBackend, RouteService, ServiceLocator
 from agent.ratelimit import RateLimits
 from agent.store import Database
+from agent.supervisor.docker import DockerRuntime
 from agent.supervisor.manager import Supervisor
 from agent.webhooks import WebhookRuntime, WebhookService
 
@@ -36,7 +38,9 @@ __all__ = [
     "CONFIG_KEY",
     "DB_KEY",
     "DEPLOYMENTS_KEY",
+    "DOCKER_KEY",
     "ENV_KEY",
+    "IMAGES_KEY",
     "INSTANCE_KEY",
     "LOCATOR_KEY",
     "OPENAPI_KEY",
@@ -86,3 +90,5 @@ SUPERVISOR_KEY = web.AppKey("supervisor", Supervisor)
 ENV_KEY = web.AppKey("env", EnvService)
 DEPLOYMENTS_KEY = web.AppKey("deployments", DeploymentService)
 REMOTE_DEPLOYMENTS_KEY = web.AppKey("remote_deployments", RemoteDeployments)
+DOCKER_KEY = web.AppKey("docker", DockerRuntime)
+IMAGES_KEY = web.AppKey("images", ImageDeployments)

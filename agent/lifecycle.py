@@ -1,7 +1,7 @@
 """The agent's long-lived parts as ``cleanup_ctx`` entries: set up in order, torn down in reverse.
 
-``create_app`` appends them in this order: store, first admin, supervisor (adopts the running
-apps), proxy (with the target follower), metrics (its first sample sees the proxy up),
+``create_app`` appends them in this order: store, first admin, Docker runtime, supervisor
+(adopts the running apps), proxy (with the target follower), metrics (its first sample sees the proxy up),
 session pruning, webhooks, upstream link. So
 at shutdown the link goes first and the store last; the supervisor detaches from the apps and
 never stops them.
@@ -29,6 +29,7 @@ from agent.keys import (
     BUS_KEY,
     CONFIG_KEY,
     DB_KEY,
+    DOCKER_KEY,
     INSTANCE_KEY,
     LOCATOR_KEY,
     PROXY_KEY,
@@ -47,6 +48,7 @@ __all__ = [
     "AdminSeed",
     "admin_ctx",
     "deploy_ctx",
+    "docker_ctx",
     "end_log_followers",
     "loop_lag_ctx",
     "metrics_ctx",
@@ -121,6 +123,16 @@ def _announce_generated_password(state_dir: Path, email: str, password: str) -> 
     print(f"dployr-agent: created the first admin {email} with password {password}\n"
           f"dployr-agent: (also saved in {path}; delete it after logging in)", file=sys.stderr,
           flush=True)
+
+
+async def docker_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The Docker runtime (engine monitor, stats, log streams): open before the supervisor
+    adopts containers, closed after it detached (containers keep running)."""
+    runtime = app[DOCKER_KEY]
+    await runtime.open()
+    yield
+    await runtime.close()
+    await runtime.engine.close()
 
 
 async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:

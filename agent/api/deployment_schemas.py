@@ -12,6 +12,7 @@ from agent.api.schemas import DNS_LABEL, ApiModel, Page, PageQuery, QueryModel, 
 from agent.deploy.releases import Release as ReleaseRecord
 from agent.deploy.remote import GitCredentials
 from agent.deployments import Deployment as DeploymentRecord
+from agent.docker.releases import ImageRelease
 from agent.supervisor.health import HealthCheck
 from agent.supervisor.policy import RestartPolicy
 from agent.timefmt import from_epoch
@@ -139,6 +140,10 @@ class DeploymentCreate(ApiModel):
     stop_signal: StopSignal = "SIGTERM"
     stop_timeout: float = Field(default=10.0, ge=0, le=3600,
                                 description="Grace period in seconds before SIGKILL")
+    memory: str | int | None = Field(default=None, examples=["256m"],
+                                     description="`image`: memory limit, 256m, 1.5g or bytes")
+    cpus: float | None = Field(default=None, examples=[0.5],
+                               description="`image`: CPU limit, in CPUs")
 
     @field_validator("path", "run_cmd", "build_cmd", "remote", "branch", "image", "runtime",
                      "version")
@@ -150,7 +155,16 @@ class DeploymentCreate(ApiModel):
 
 
 class DeploymentUpdateIn(ApiModel):
-    """A PUT: only the fields given change (see docs/api.md); then a new release is deployed."""
+    """A PUT: only the fields given change (see docs/api.md); then a new release is deployed.
+    ``image``, ``memory`` and ``cpus`` apply to image deployments, ``env`` to both, the other
+    fields to deployments from git."""
+
+    image: str | None = Field(default=None, max_length=1024, examples=["web:1.3"],
+                              description="`image`: a new image, a new release")
+    memory: str | int | None = Field(default=None, examples=["512m"],
+                                     description="`image`: memory limit; null removes it")
+    cpus: float | None = Field(default=None, examples=[1.0],
+                               description="`image`: CPU limit; null removes it")
 
     runtime: str | None = Field(default=None, max_length=64)
     version: str | None = Field(default=None, max_length=64, examples=["22"])
@@ -169,7 +183,7 @@ class DeploymentUpdateIn(ApiModel):
     stop_signal: StopSignal | None = None
     stop_timeout: float | None = Field(default=None, ge=0, le=3600)
 
-    @field_validator("runtime", "version", "remote", "branch", "build_cmd", "run_cmd")
+    @field_validator("runtime", "version", "remote", "branch", "build_cmd", "run_cmd", "image")
     @classmethod
     def _plain_text(cls, value: str | None) -> str | None:
         if value is not None:
@@ -216,12 +230,17 @@ class Deployment(Resource):
     release: dict[str, Any] | None = Field(description="The release running now: id, commit, "
                                                        "branch, toolchain, deployed_at")
     has_credentials: bool
+    image_id: str | None = Field(default=None, description="`image`: the image id the service "
+                                                             "runs")
+    memory: int | None = Field(default=None, description="`image`: memory limit in bytes")
+    cpus: float | None = Field(default=None, description="`image`: CPU limit")
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def of(cls, d: DeploymentRecord) -> Deployment:
         release = d.release if d.release_id else None
+        limits = d.limits or {}
         current = None
         if release is not None:
             current = {"id": d.release_id, "commit": release.get("commit"),
@@ -236,7 +255,8 @@ class Deployment(Resource):
                    service_id=d.service_id, release_id=d.release_id,
                    commit=current["commit"] if current else None,
                    toolchain=current["toolchain"] if current else None, release=current,
-                   has_credentials=d.has_credentials,
+                   has_credentials=d.has_credentials, image_id=d.image_id,
+                   memory=limits.get("memory"), cpus=limits.get("cpus"),
                    created_at=from_epoch(d.created_at), updated_at=from_epoch(d.updated_at))
 
 
@@ -269,15 +289,25 @@ class RollbackIn(ApiModel):
 
 
 class Release(Resource):
+    """A release of a deployment from git (commit and build) or of an image deployment (image
+    and image id): the other source's fields are null."""
+
     id: str
-    commit: str
-    branch: str
-    remote: str
-    toolchain: dict[str, Any] = Field(description="runtime, version, source, executable")
-    build: dict[str, Any] = Field(description="command, exit_code, duration, timed_out")
-    run_cmd: str
-    port: int | None
-    env_keys: list[str] = Field(description="The keys of its env snapshot (values are not shown)")
+    commit: str | None = Field(default=None, description="git: the commit built")
+    branch: str | None = Field(default=None, description="git")
+    remote: str | None = Field(default=None, description="git")
+    toolchain: dict[str, Any] | None = Field(default=None, description="git: runtime, version, "
+                                                                        "source, executable")
+    build: dict[str, Any] | None = Field(default=None, description="git: command, exit_code, "
+                                                                   "duration, timed_out")
+    run_cmd: str | None = Field(default=None, description="git")
+    port: int | None = Field(default=None, description="git")
+    env_keys: list[str] | None = Field(default=None, description="git: the keys of its env "
+                                                                 "snapshot (values are not shown)")
+    image: str | None = Field(default=None, description="image: the reference asked for")
+    image_id: str | None = Field(default=None, description="image: the image it resolved to")
+    rollback_of: str | None = Field(default=None, description="image: the release a rollback "
+                                                              "copied")
     created_at: datetime
     current: bool = Field(description="The service runs this release now")
     previous: bool = Field(description="The release a rollback without release_id goes to")
@@ -288,6 +318,12 @@ class Release(Resource):
                    remote=release.remote, toolchain=dict(release.toolchain),
                    build=dict(release.build), run_cmd=release.run_cmd, port=release.port,
                    env_keys=sorted(release.env), created_at=from_epoch(release.created_at),
+                   current=current, previous=previous)
+
+    @classmethod
+    def of_image(cls, release: ImageRelease, *, current: bool, previous: bool) -> Release:
+        return cls(id=release.id, image=release.image, image_id=release.image_id,
+                   rollback_of=release.rollback_of, created_at=from_epoch(release.created_at),
                    current=current, previous=previous)
 
 

@@ -33,6 +33,8 @@ class Service(Resource):
                                    "backoff | crashed | failed")
     desired_state: str = Field(description="running | stopped: what was asked for (persisted)")
     pid: int | None
+    container_id: str | None = Field(default=None, description="The current run's container "
+                                                                "(runtime docker)")
     port: int | None = Field(description="The app's declared (public) port")
     listen_port: int | None = Field(description="The port the current run was given as PORT")
     started_at: datetime | None
@@ -48,7 +50,8 @@ class Service(Resource):
     def fields_of(cls, info: ServiceInfo) -> dict[str, object]:
         return dict(id=info.id, name=info.name, deployment_id=info.deployment_id,
                     runtime=info.runtime, state=info.state.value,
-                    desired_state=info.desired_state.value, pid=info.pid, port=info.port,
+                    desired_state=info.desired_state.value, pid=info.pid,
+                    container_id=info.container_id, port=info.port,
                     listen_port=info.listen_port, started_at=_time(info.started_at),
                     restart_count=info.restart_count, health=info.health,
                     next_restart_at=_time(info.next_restart_at), release_id=info.release_id,
@@ -157,7 +160,7 @@ async def _answer(request: web.Request, key: str) -> ServiceStatusBody:
 
 
 @routes.post("/v1/services/{id}/start", summary="Start a service", access="developer",
-             query=ActionQuery, response=ServiceStatusBody,
+             query=ActionQuery, response=ServiceStatusBody, errors=(503,),
              description="Idempotent: starting a running service changes nothing.")
 async def start_service(request: web.Request, query: ActionQuery) -> ServiceStatusBody:
     key = request.match_info["id"]
@@ -166,7 +169,7 @@ async def start_service(request: web.Request, query: ActionQuery) -> ServiceStat
 
 
 @routes.post("/v1/services/{id}/stop", summary="Stop a service", access="developer",
-             query=ActionQuery, response=ServiceStatusBody,
+             query=ActionQuery, response=ServiceStatusBody, errors=(503,),
              description="Stop signal to the process group, grace period, then SIGKILL. The "
                          "service stays stopped across agent restarts. Idempotent.")
 async def stop_service(request: web.Request, query: ActionQuery) -> ServiceStatusBody:
@@ -176,7 +179,7 @@ async def stop_service(request: web.Request, query: ActionQuery) -> ServiceStatu
 
 
 @routes.post("/v1/services/{id}/restart", summary="Restart a service", access="developer",
-             query=ActionQuery, response=ServiceStatusBody)
+             query=ActionQuery, response=ServiceStatusBody, errors=(503,))
 async def restart_service(request: web.Request, query: ActionQuery) -> ServiceStatusBody:
     key = request.match_info["id"]
     await request.app[SUPERVISOR_KEY].restart(key, wait=_wait(request, query))

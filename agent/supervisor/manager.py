@@ -88,7 +88,9 @@ class Supervisor:
             if runtime is None:
                 raise KeyError(runtime_kind)
             base_env = self._base_env
-            if base_env is None:
+            if not getattr(runtime, "host_env", True):
+                base_env = {}  # a container gets the service's env only, never the agent's
+            elif base_env is None:
                 base_env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
                 base_env.setdefault("PATH", _DEFAULT_PATH)
             ctx = UnitContext(db=self._db, clock=self._clock, runtime=runtime, logs=self._logs,
@@ -178,6 +180,7 @@ class Supervisor:
         """Stop the service for good and delete its files (logs included). The caller deletes
         its rows."""
         unit = self._unit(key)
+        await self._ready(unit)
         await unit.remove()
         self._units.pop(unit.r.id, None)
         self._names.pop(unit.r.name, None)
@@ -236,6 +239,13 @@ class Supervisor:
 
     def _record_sample(self, unit: ServiceUnit, key: str, stats: TreeStats, now: float) -> None:
         previous = self._samples.get(unit.r.id)
+        if stats.sampled_at is not None:
+            # A runtime answering from a cache: the reading's own time, and a reading seen
+            # before is no new information (it would read as 0% CPU).
+            if previous is not None and previous.key == key \
+                    and previous.stats.sampled_at == stats.sampled_at:
+                return
+            now = stats.sampled_at
         percent: float | None = None
         if previous is not None and previous.key == key and now - previous.at >= 0.1 \
                 and stats.cpu_seconds >= previous.stats.cpu_seconds:
@@ -266,21 +276,42 @@ class Supervisor:
 
     # -- commands ----------------------------------------------------------------------------
 
+    async def _ready(self, unit: ServiceUnit) -> None:
+        """Raise RuntimeUnavailable (503) when the unit's runtime cannot act now (the Docker
+        engine does not answer): the command then changes nothing."""
+        check = getattr(unit.runtime, "ensure_available", None)
+        if check is not None:
+            await check()
+
+    async def refresh(self, key: str) -> ServiceInfo:
+        """Reload the service's deployment settings (image, limits, port, policy...) from the
+        store; they apply from its next run."""
+        unit = self._unit(key)
+        service_id = unit.r.id
+        records = await self._db.read_in_thread(lambda conn: load_services(conn, service_id))
+        if not records:
+            raise NotFound(f"No service '{key}'")
+        await unit.refresh(records[0])
+        return unit.info()
+
     async def start(self, key: str, *, wait: float | None = None) -> ServiceInfo:
         """Start (idempotent); with ``wait`` seconds, wait for running or a failure state."""
         unit = self._unit(key)
+        await self._ready(unit)
         await unit.start()
         return await self._settle(unit, wait)
 
     async def stop(self, key: str, *, wait: float | None = None) -> ServiceInfo:
         """Stop and keep stopped (idempotent); with ``wait``, wait until stopped."""
         unit = self._unit(key)
+        await self._ready(unit)
         await unit.stop()
         return await self._settle(unit, wait)
 
     async def restart(self, key: str, *, wait: float | None = None) -> ServiceInfo:
         """Restart (start when not running); with ``wait``, wait for the new run to settle."""
         unit = self._unit(key)
+        await self._ready(unit)
         await unit.restart()
         return await self._settle(unit, wait)
 

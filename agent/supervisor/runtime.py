@@ -96,6 +96,9 @@ class RunSpec:
     kind: str = "app"            # "app" or "build": a build is a separate, waited-for run
     limits: Mapping[str, Any] = field(default_factory=dict)
     run_name: str = ""           # tells apart two runs alive at once (a switch): default `kind`
+    port: int | None = None      # the app's declared port (a container's port)
+    listen_port: int | None = None  # the port the run is reached at on this host (= PORT)
+    deployment_id: str | None = None
 
     @property
     def name_of_run(self) -> str:
@@ -179,6 +182,9 @@ class TreeStats:
     cpu_seconds: float
     memory_bytes: int
     processes: int
+    #: When the figures were read (the clock's monotonic time), for a runtime that answers
+    #: from a cache; None means "now".
+    sampled_at: float | None = None
 
 
 class Runtime(Protocol):

@@ -35,7 +35,7 @@ __all__ = [
 EXITS_KEPT = 50  # exit history rows kept per service
 
 _SELECT = """
-SELECT s.*, d.port AS port, d.fixed_port AS fixed_port, d.image AS image,
+SELECT s.*, d.port AS port, d.fixed_port AS fixed_port, COALESCE(s.image_id, d.image) AS image,
        d.build_cmd AS build_cmd, d.health_check AS health_check, d.restart AS restart,
        d.limits AS limits, d.stop_signal AS stop_signal, d.stop_timeout AS stop_timeout,
        d.status AS deployment_status

@@ -167,7 +167,7 @@ async def _spawn(unit: ServiceUnit, rep: Replacement, port: int, run_name: str) 
     """Start the candidate. Not interrupted by cancellation: a spawned process is never lost."""
     env = run_environment(unit._ctx.base_env, rep.env, rep.run_env, port)
     spec = dataclasses.replace(unit._spec(), command=rep.command, cwd=rep.cwd, env=env,
-                               run_name=run_name)
+                               run_name=run_name, listen_port=port)
     task = asyncio.ensure_future(unit._ctx.runtime.start(spec))
     try:
         return await asyncio.shield(task)

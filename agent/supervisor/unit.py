@@ -139,7 +139,8 @@ class ServiceUnit:
             else "unknown",
             next_restart_at=r.next_restart_at if r.state is S.BACKOFF else None,
             created_at=r.created_at, updated_at=r.updated_at, release_id=r.release_id,
-            cwd=r.cwd)
+            cwd=r.cwd,
+            container_id=_container_id(r.handle) if r.state in ACTIVE_STATES else None)
 
     async def wait_settled(self, limit: float) -> None:
         """Wait (at most ``limit`` seconds) until the service is in a settled state and no command
@@ -236,6 +237,18 @@ class ServiceUnit:
             await self._commit(exit=exit, handle=None)
         await self._launch(begun, fresh=True)
 
+    async def refresh(self, fresh: ServiceRecord) -> None:
+        """Take the deployment's settings from ``fresh`` (a new release, new limits); the
+        run in progress keeps what it started with."""
+        async with self._lock:
+            self.r = dataclasses.replace(
+                self.r, command=fresh.command, cwd=fresh.cwd, image=fresh.image,
+                port=fresh.port, fixed_port=fresh.fixed_port, build_cmd=fresh.build_cmd,
+                policy=fresh.policy, health_check=fresh.health_check,
+                stop_signal=fresh.stop_signal, stop_timeout=fresh.stop_timeout,
+                limits=fresh.limits, deployment_status=fresh.deployment_status)
+        self._notify()
+
     async def remove(self) -> None:
         """Stop any run for good and forget the unit (the service is being deleted)."""
         self._halt.set()
@@ -266,7 +279,8 @@ class ServiceUnit:
         r = self.r
         return RunSpec(service_id=r.id, name=r.name, command=command or r.command, cwd=r.cwd,
                        env={}, logs=self._raw_logs, run_dir=self._app_dir / "run",
-                       stop_signal=r.stop_signal, image=r.image, kind=kind, limits=r.limits)
+                       stop_signal=r.stop_signal, image=r.image, kind=kind, limits=r.limits,
+                       port=r.port, deployment_id=r.deployment_id)
 
     def _env(self, port: int) -> dict[str, str]:
         return run_environment(self._ctx.base_env, self._ctx.env.mapping(self.r.id),
@@ -280,7 +294,7 @@ class ServiceUnit:
         if r.needs_build and r.build_cmd and not await self._build(begun):
             return
         port = r.port if r.fixed_port and r.port else free_port()
-        spec = dataclasses.replace(self._spec(), env=self._env(port))
+        spec = dataclasses.replace(self._spec(), env=self._env(port), listen_port=port)
         await self._ctx.logs.reset_raw(r.id)
         try:
             if r.cwd is None and r.image is None:
@@ -304,7 +318,9 @@ class ServiceUnit:
         if begun is not None and not begun.done():
             begun.set_result(None)
         self._watch_run(self._gen, handle)
-        await self._note(f"started pid {handle.pid} with PORT={port}")
+        container = _container_id(handle)
+        await self._note(f"started container {container[:12]} on 127.0.0.1:{port}" if container
+                         else f"started pid {handle.pid} with PORT={port}")
 
     async def _build(self, begun: Begun | None) -> bool:
         """Run the deployment's build_cmd once; True when it succeeded."""
@@ -427,7 +443,9 @@ class ServiceUnit:
         started = self._ctx.clock.monotonic()
         pause = _FIRST_PROBE
         while True:
-            port = check.port or self.r.listen_port or 0
+            # A container is reached only at its published port, whatever check.port says.
+            own = check.port if self.r.runtime != "docker" else None
+            port = own or self.r.listen_port or 0
             result = await probe(check, port)
             async with self._lock:
                 if gen != self._gen:
@@ -505,6 +523,11 @@ class ServiceUnit:
 
     async def _note(self, text: str) -> None:
         await self._ctx.logs.note(self.r.id, text)
+
+def _container_id(handle: Handle | None) -> str | None:
+    value = handle.data.get("container_id") if handle is not None else None
+    return str(value) if value else None
+
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:

@@ -44,6 +44,7 @@ class ServiceInfo:
     updated_at: float
     release_id: str | None = None  # the release the current run was started from (git deploys)
     cwd: Path | None = None        # where the current run works; a static site's root
+    container_id: str | None = None  # the current run's container (Docker services)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,8 +63,8 @@ async def test_without_allowed_roots_local_deployments_are_disabled(client: Clie
     assert resp.status == 400 and "allowed_local_roots" in body["error"]["details"]["issue"]
 
 
-async def test_create_validation_and_unsupported_sources(svc: Harness) -> None:
-    """Missing or misplaced fields, bad names, unsupported sources: 400; a taken name 409."""
+async def test_create_validation_names_the_field(svc: Harness) -> None:
+    """Missing or misplaced fields, bad names or references: 400 naming the field; a taken name 409."""
     path = svc.apps_root / "v"
     path.mkdir()
     checks: list[tuple[dict[str, Any], str]] = [
@@ -77,7 +77,13 @@ async def test_create_validation_and_unsupported_sources(svc: Harness) -> None:
         ({**_body(path), "restart": {"mode": "sometimes"}}, "restart.mode"),
         ({**_body(path), "restart": {"initial_delay": 5, "max_delay": 1}}, "restart"),
         ({**_body(path), "health_check": {"type": "http", "path": "no-slash"}}, "health_check.path"),
-        ({"name": "r", "source": "image", "image": "nginx:1"}, "source"),
+        ({"name": "r", "source": "image", "image": "nginx:1", "path": str(path)}, "path"),
+        ({"name": "r", "source": "image", "image": "Not A Reference"}, "image"),
+        ({"name": "r", "source": "image"}, "image"),
+        ({**_body(path), "memory": "256m"}, "memory"),
+        ({**_body(path), "image": "nginx:1"}, "image"),
+        ({"name": "r", "source": "remote", "remote": "https://example.com/x.git",
+          "runtime": "nodejs", "cpus": 1}, "cpus"),
         ({"name": "r", "source": "remote", "remote": "https://example.com/x.git"}, "runtime"),
         ({**_body(path), "remote": "https://example.com/x.git"}, "remote"),
         ({**_body(path), "project_id": "prj_nope"}, "project_id"),

@@ -112,18 +112,22 @@ async def test_docker_by_default_without_engine_degrades_the_instance(
 
 
 async def test_limits_and_image_updates_are_for_image_deployments_only(svc: Harness) -> None:
-    """`memory`/`cpus` on a local deployment, and PUT/rollback/releases of one, are 400."""
+    """`memory`/`cpus`/`image` on a local deployment and its rollback are 400; it lists no
+    releases."""
     resp = await svc.client.post("/v1/deployments", headers=svc.headers, json={
         "name": "loc", "source": "local", "path": str(svc.apps_root), "run_cmd": "sleep 1",
         "memory": "256m"})
     assert resp.status == 400
     assert (await resp.json())["error"]["details"]["field"] == "memory"
     dep = await svc.deploy("plain", "exec sleep 1000")
-    for method, path, body in (("PUT", f"/v1/deployments/{dep['id']}", {"image": "x:1"}),
-                               ("POST", f"/v1/deployments/{dep['id']}/rollback", {}),
-                               ("GET", f"/v1/deployments/{dep['id']}/releases", None)):
+    for method, path, body, field in (
+            ("PUT", f"/v1/deployments/{dep['id']}", {"image": "x:1"}, "image"),
+            ("PUT", f"/v1/deployments/{dep['id']}", {"memory": "1g"}, "memory"),
+            ("POST", f"/v1/deployments/{dep['id']}/rollback", {}, "source")):
         resp = await svc.client.request(method, path, headers=svc.headers, json=body)
         assert resp.status == 400, path
-        assert (await resp.json())["error"]["details"]["field"] == "source"
+        assert (await resp.json())["error"]["details"]["field"] == field
+    resp = await svc.client.get(f"/v1/deployments/{dep['id']}/releases", headers=svc.headers)
+    assert resp.status == 200 and (await resp.json())["data"] == []
     resp = await svc.client.put("/v1/deployments/nope", headers=svc.headers, json={})
     assert resp.status == 404

@@ -168,7 +168,8 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
         enabled=config.ratelimit.enabled,
         authenticated=config.ratelimit.authenticated_per_hour,
         unauthenticated=config.ratelimit.unauthenticated_per_hour,
-        clock=clock, max_keys=config.ratelimit.max_tracked_clients)
+        clock=clock, max_keys=config.ratelimit.max_tracked_clients,
+        burst=config.ratelimit.burst or None)
 
     docker = _add_docker(app, config, db, clock)
     supervisor = _add_services(app, config, db, clock,

@@ -122,6 +122,10 @@ async def _serve(config: AgentConfig) -> None:
         await runner.setup()  # opens the store (integrity check, migrations), seeds the admin
     except BaseException:
         sock.close()
+        # Undo what did start (the contexts before the one that failed): apps are left
+        # running, the proxy and the store are closed cleanly. The first error is the one told.
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
         raise
     site = web.SockSite(runner, sock)
     try:

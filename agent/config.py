@@ -120,6 +120,7 @@ class RateLimitConfig(_Section):
     enabled: bool = True
     authenticated_per_hour: int = Field(default=1000, ge=1, le=10_000_000)
     unauthenticated_per_hour: int = Field(default=60, ge=1, le=10_000_000)
+    burst: int = Field(default=0, ge=0, le=10_000_000)
     max_tracked_clients: int = Field(default=100_000, ge=100, le=10_000_000)
 
 

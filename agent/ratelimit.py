@@ -1,10 +1,11 @@
 """Rate limiting with GCRA (the generic cell rate algorithm): pure, with an injectable clock.
 
-A limit of ``limit`` requests per ``period`` seconds allows a burst of ``limit`` and then one
-request every ``period / limit`` seconds. Each key costs one float (its theoretical arrival
-time). A key whose time has passed is indistinguishable from a new one, so it is dropped when
-the table grows past ``max_keys``; if every key is still active the oldest are dropped, which
-at worst hands them a fresh allowance. Memory stays bounded whatever the number of clients.
+A limit of ``limit`` requests per ``period`` seconds allows a burst of ``burst`` requests
+(default: ``limit``) and then one request every ``period / limit`` seconds. Each key costs one
+float (its theoretical arrival time). A key whose time has passed is indistinguishable from a
+new one, so it is dropped when the table grows past ``max_keys``; if every key is still active
+the oldest are dropped, which at worst hands them a fresh allowance. Memory stays bounded
+whatever the number of clients.
 """
 
 from __future__ import annotations
@@ -42,14 +43,18 @@ class Decision(NamedTuple):
 
 
 class RateLimiter:
-    """``limit`` requests per ``period`` seconds per key."""
+    """``limit`` requests per ``period`` seconds per key, at most ``burst`` at once (default
+    and at most: ``limit``)."""
 
-    def __init__(self, limit: int, period: float, clock: Clock, *, max_keys: int = 100_000) -> None:
-        if limit < 1 or period <= 0:
-            raise ValueError("limit must be >= 1 and period > 0")
+    def __init__(self, limit: int, period: float, clock: Clock, *, burst: int | None = None,
+                 max_keys: int = 100_000) -> None:
+        if limit < 1 or period <= 0 or (burst is not None and burst < 1):
+            raise ValueError("limit and burst must be >= 1 and period > 0")
         self.limit = limit
         self.period = period
+        self.burst = limit if burst is None else min(burst, limit)
         self._interval = period / limit
+        self._tolerance = self._interval * self.burst  # how far ahead a key's time may run
         self._clock = clock
         self._max_keys = max_keys
         self._tat: dict[str, float] = {}
@@ -66,16 +71,16 @@ class RateLimiter:
         if tat < now:
             tat = now
         new_tat = tat + self._interval * cost
-        allow_at = new_tat - self.period
+        allow_at = new_tat - self._tolerance
         if allow_at > now + 1e-9:
             return self._decision(False, now, tat, retry_after=allow_at - now)
         tats[key] = new_tat
         if len(tats) > self._max_keys:
             self._evict(now)
         used = new_tat - now
-        remaining = int((self.period - used) / self._interval + 1e-9)  # >= 0 here: floor
-        limit = self.limit
-        return Decision(True, limit, remaining if remaining < limit else limit,
+        remaining = int((self._tolerance - used) / self._interval + 1e-9)  # >= 0 here: floor
+        burst = self.burst
+        return Decision(True, self.limit, remaining if remaining < burst else burst,
                         math.ceil(self._clock.time() + used), 0)
 
     def peek(self, key: str) -> Decision:
@@ -89,9 +94,9 @@ class RateLimiter:
 
     def _decision(self, allowed: bool, now: float, tat: float, *, retry_after: float) -> Decision:
         used = tat - now
-        remaining = max(0, math.floor((self.period - used) / self._interval + 1e-9))
+        remaining = max(0, math.floor((self._tolerance - used) / self._interval + 1e-9))
         reset_at = math.ceil(self._clock.time() + used)
-        return Decision(allowed=allowed, limit=self.limit, remaining=min(remaining, self.limit),
+        return Decision(allowed=allowed, limit=self.limit, remaining=min(remaining, self.burst),
                         reset_at=reset_at, retry_after=max(1, math.ceil(retry_after)) if not allowed else 0)
 
     def _evict(self, now: float) -> None:
@@ -112,8 +117,11 @@ class RateLimits:
 
     @classmethod
     def per_hour(cls, *, enabled: bool, authenticated: int, unauthenticated: int, clock: Clock,
-                 max_keys: int) -> RateLimits:
-        """Limits of so many requests per hour."""
+                 max_keys: int, burst: int | None = None) -> RateLimits:
+        """Limits of so many requests per hour, at most ``burst`` at once (default: the
+        hour's whole allowance)."""
         return cls(enabled=enabled,
-                   authenticated=RateLimiter(authenticated, 3600, clock, max_keys=max_keys),
-                   unauthenticated=RateLimiter(unauthenticated, 3600, clock, max_keys=max_keys))
+                   authenticated=RateLimiter(authenticated, 3600, clock, burst=burst,
+                                             max_keys=max_keys),
+                   unauthenticated=RateLimiter(unauthenticated, 3600, clock, burst=burst,
+                                               max_keys=max_keys))

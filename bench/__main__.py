@@ -31,6 +31,8 @@ HEADINGS = {
     "metrics": "## Metrics: the agent against Glances (`bench/metrics.py`)",
     "proxy": "## Proxy (`bench/proxy.py`)",
     "deploy_pipeline": "## Deploy pipeline: clone + build (bench/deploy_pipeline.py)",
+    "deploy": "## Deployments from git, end to end (bench/deploy.py)",
+    "docker": "## Docker runtime against the engine used directly (`bench/docker.py`)",
     "scale": "## Scale curves (`bench/scale.py`)",
 }
 

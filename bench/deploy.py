@@ -40,6 +40,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._report import Row, Section
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -271,11 +275,18 @@ def _epoch(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--redeploys", type=int, default=5)
-    args = parser.parse_args(argv)
+    return parser
+
+
+QUICK_ARGS = ["--rounds", "3", "--redeploys", "3"]
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """First deploys by hand and through the agent (interleaved), then redeploys under load."""
     major = subprocess.run(["node", "--version"], capture_output=True, text=True,
                            check=True).stdout.strip().removeprefix("v").split(".")[0]
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
@@ -308,27 +319,57 @@ def main(argv: list[str] | None = None) -> int:
     }
     switch["switch_overhead_s"] = switch["starting_stage_median_s"] - result["by_hand_start_median_s"]
     result["agent_stage_median_s"] = {k: statistics.median(v) for k, v in STAGES.items()}
-    print(f"first deploy, by hand (clone, npm install, npm start until it answers): "
-          f"{result['by_hand_median_s'] * 1000:7.0f} ms (median of {args.rounds})")
-    print(f"first deploy, agent (POST until it answers through the proxy)        : "
-          f"{result['agent_median_s'] * 1000:7.0f} ms")
-    print(f"ratio agent / by hand                                                 : "
-          f"{result['ratio']:7.2f}")
-    print("  agent stages (median): " + ", ".join(
-        f"{k} {v * 1000:.0f} ms" for k, v in result["agent_stage_median_s"].items()))
-    print(f"redeploys under load: {switch['requests']} requests, {switch['failed']} failed, "
-          f"{switch['requests_during_switches']} during the switches")
-    print(f"  latency steady p50/p99        : {switch['steady_p50_ms']:.1f} / "
-          f"{switch['steady_p99_ms']:.1f} ms")
-    print(f"  latency during switch p50/p99 : {switch['switch_p50_ms']:.1f} / "
-          f"{switch['switch_p99_ms']:.1f} ms (max {switch['switch_max_ms']:.1f} ms)")
-    print(f"  starting stage (median)       : {switch['starting_stage_median_s'] * 1000:.0f} ms; "
-          f"npm start until it answers, by hand: {result['by_hand_start_median_s'] * 1000:.0f} ms; "
-          f"switch overhead: {switch['switch_overhead_s'] * 1000:.0f} ms")
+    return result
+
+
+def _detail(result: dict[str, Any]) -> str:
+    switch = result["switch"]
+    return "\n".join([
+        f"- first deploy, by hand (clone, npm install, npm start until it answers): "
+        f"{result['by_hand_median_s'] * 1000:.0f} ms (median of {result['rounds']})",
+        f"- first deploy, agent (POST until it answers through the proxy): "
+        f"{result['agent_median_s'] * 1000:.0f} ms; stages (median): " + ", ".join(
+            f"{k} {v * 1000:.0f} ms" for k, v in result["agent_stage_median_s"].items()),
+        f"- redeploys under load: {switch['requests']} requests, {switch['failed']} failed, "
+        f"{switch['requests_during_switches']} during the switches",
+        f"- latency through the proxy, steady p50/p99 {switch['steady_p50_ms']:.1f} / "
+        f"{switch['steady_p99_ms']:.1f} ms; during the switches {switch['switch_p50_ms']:.1f} / "
+        f"{switch['switch_p99_ms']:.1f} ms (max {switch['switch_max_ms']:.1f} ms)",
+        f"- starting stage (median) {switch['starting_stage_median_s'] * 1000:.0f} ms against "
+        f"npm start until it answers by hand {result['by_hand_start_median_s'] * 1000:.0f} ms: "
+        f"switch overhead {switch['switch_overhead_s'] * 1000:.0f} ms",
+    ])
+
+
+def collect(argv: list[str] | None = None) -> Section:
+    """Run the benchmark and return its rows and details (see bench/_report.py)."""
+    result = measure(_parser().parse_args(argv))
+    switch = result["switch"]
+    rows = [
+        Row("first deploy of a small Node.js app, POST until it answers",
+            f"{result['agent_median_s'] * 1000:.0f} ms",
+            "by hand: git clone, npm install, npm start until the port answers",
+            f"{result['by_hand_median_s'] * 1000:.0f} ms", result["ratio"], "<= 1.15",
+            result["ratio"] <= 1.15),
+        Row("requests failed during redeploy switches", str(switch["failed"]),
+            "requests during the switches", str(switch["requests_during_switches"]), None, "0",
+            switch["failed"] == 0),
+        Row("switch overhead (starting stage minus the app's own start)",
+            f"{switch['switch_overhead_s'] * 1000:.0f} ms", "the app's start by hand",
+            f"{result['by_hand_start_median_s'] * 1000:.0f} ms", None),
+    ]
+    return Section("deploy", "Deployments from git, end to end",
+                   "python -m bench.deploy " + " ".join(argv or []), rows, _detail(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    result = measure(args)
+    print(_detail(result))
     out = HERE / ".work"
     out.mkdir(exist_ok=True)
     (out / "deploy.json").write_text(json.dumps(result, indent=2))
-    return 0 if switch["failed"] == 0 else 1
+    return 0 if result["switch"]["failed"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 
 import docker
 
+from bench._report import Row, Section, render_rows
 from bench.supervise import Agent, free_port, pct, wait_for
 
 IMAGE = "dployr-test/busybox:latest"
@@ -130,16 +131,22 @@ def status_latency(agent: Agent, services: int, calls: int) -> dict[str, Any]:
             "rss_mb": proc.memory_info().rss / 2**20, "threads": proc.num_threads()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.docker")
     parser.add_argument("--starts", type=int, default=10)
     parser.add_argument("--services", type=int, default=50)
     parser.add_argument("--calls", type=int, default=1000)
-    args = parser.parse_args(argv)
+    return parser
+
+
+QUICK_ARGS = ["--starts", "5", "--services", "50", "--calls", "500"]
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Start latencies (interleaved with ``docker run``), then status latency with containers."""
     if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True,
                       check=False).returncode != 0:
-        print(f"bench.docker: no image {IMAGE} (tests/support/build-test-image.sh)")
-        return 1
+        raise RuntimeError(f"no image {IMAGE} (run tests/support/build-test-image.sh)")
     with tempfile.TemporaryDirectory(prefix="bench-docker-") as tmp:
         work = Path(tmp)
         agent = Agent(work, work)
@@ -149,22 +156,50 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             with contextlib.suppress(Exception):
                 agent.close()
+    return {"runs": runs, "status": status, "args": vars(args)}
+
+
+def _detail(result: dict[str, Any]) -> str:
+    runs, status, args = result["runs"], result["status"], result["args"]
     base = statistics.median(runs["docker run"])
-    print(f"{'start until HTTP 200 (median of ' + str(args.starts) + ')':<44}{'seconds':>10}"
-          f"{'vs docker run':>16}")
-    for name, values in runs.items():
-        median = statistics.median(values)
-        print(f"  {name:<42}{median:>10.3f}{median / base:>15.2f}x")
-    print(f"status call, {args.services} containers, {args.calls} calls  "
-          f"{'p50 ms':>8}{'p99 ms':>9}")
-    for name, label in (("agent", "GET /v1/services/{id}/status"),
-                        ("docker", "engine inspect (reference)")):
-        values = status[name]
-        print(f"  {label:<42}{pct(values, 0.5):>8.2f}{pct(values, 0.99):>9.2f}")
-    print(f"agent with {args.services} containers: RSS {status['rss_mb']:.1f} MiB, "
-          f"{status['threads']} threads")
-    ok = statistics.median(runs["agent deploy"]) <= 1.2 * base
-    print(f"target: agent deploy at most 1.2x docker run: {'met' if ok else 'NOT met'}")
+    lines = [f"Start until HTTP 200 (median of {args['starts']}):", ""]
+    lines += [f"- {name}: {statistics.median(v):.3f} s ({statistics.median(v) / base:.2f}x "
+              "docker run)" for name, v in runs.items()]
+    lines += ["", f"Status call with {args['services']} containers, {args['calls']} calls: "
+              f"agent `GET /v1/services/{{id}}/status` p50 {pct(status['agent'], 0.5):.2f} ms, "
+              f"p99 {pct(status['agent'], 0.99):.2f} ms; engine inspect (reference) p50 "
+              f"{pct(status['docker'], 0.5):.2f} ms, p99 {pct(status['docker'], 0.99):.2f} ms. "
+              f"Agent with {args['services']} containers: RSS {status['rss_mb']:.1f} MiB, "
+              f"{status['threads']} threads."]
+    return "\n".join(lines)
+
+
+def collect(argv: list[str] | None = None) -> Section:
+    """Run the benchmark and return its rows and details (see bench/_report.py)."""
+    result = measure(_parser().parse_args(argv))
+    runs, status, args = result["runs"], result["status"], result["args"]
+    base = statistics.median(runs["docker run"])
+    deploy = statistics.median(runs["agent deploy"])
+    start = statistics.median(runs["agent start"]) if "agent start" in runs else None
+    rows = [Row("container start, POST /v1/deployments (image) until HTTP 200",
+                f"{deploy * 1000:.0f} ms", "docker run -d of the same image",
+                f"{base * 1000:.0f} ms", deploy / base, "<= 1.2", deploy / base <= 1.2)]
+    if start is not None:
+        rows.append(Row("container start, POST /v1/services/{id}/start until HTTP 200",
+                        f"{start * 1000:.0f} ms", "docker run -d of the same image",
+                        f"{base * 1000:.0f} ms", start / base, "<= 1.2", start / base <= 1.2))
+    agent50, docker50 = pct(status["agent"], 0.5), pct(status["docker"], 0.5)
+    rows.append(Row(f"status call p50, {args['services']} container services",
+                    f"{agent50:.2f} ms", "engine inspect of one container", f"{docker50:.2f} ms",
+                    agent50 / docker50))
+    return Section("docker", "Docker runtime against the engine",
+                   "python -m bench.docker " + " ".join(argv or []), rows, _detail(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    section = collect(argv)
+    print(section.detail)
+    print(render_rows(section.rows))
     return 0
 
 

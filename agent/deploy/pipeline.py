@@ -315,7 +315,7 @@ class Pipeline:
             raise
         except Exception as exc:
             log.error("deploy_internal_error", run_id=run.id, stage=str(run.status),
-                      error_type=type(exc).__name__)
+                      error_type=type(exc).__name__, **_os_error_fields(exc))
             if not run.finished:
                 await self._fail_logged(run, dlog, f"Internal error while {run.status} "
                                         f"({type(exc).__name__}); see the agent log", None, "internal_error")
@@ -388,3 +388,11 @@ class Pipeline:
                            exit_code: int | None, code: str) -> None:
         dlog.write([f"deploy failed while {run.status}: {reason}"])
         await self.fail(run, reason, exit_code=exit_code, code=code)
+
+
+def _os_error_fields(exc: Exception) -> dict[str, object]:
+    """What an OSError says about itself (never its arguments otherwise: they may hold
+    anything), for the log."""
+    if not isinstance(exc, OSError):
+        return {}
+    return {"errno": exc.errno, "error": exc.strerror, "path": exc.filename}

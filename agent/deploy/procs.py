@@ -4,15 +4,21 @@ asyncio's ``Process.wait()`` for a child started with ``stdout=PIPE`` waits for 
 close too, so a grandchild that keeps the pipe open (``cmd &`` in a build) would make it wait
 forever. Here the pipe is made with ``os.pipe()`` and read through ``connect_read_pipe``:
 ``wait()`` follows only the child itself, and the caller kills the group and stops reading.
+
+Unlike an app, a deploy step must not outlive the agent: the child asks the kernel for SIGKILL
+when the agent dies (``PR_SET_PDEATHSIG``), so after a kill -9 no orphaned clone or build goes
+on writing into a release draft that the next agent start removes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +42,28 @@ class GroupedProcess:
         self.transport.close()
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig_setter() -> Callable[[], None] | None:
+    """A function for the child, between fork and exec: SIGKILL it when its parent dies.
+    None where prctl is not available (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the agent died before the request took effect
+            os._exit(1)
+
+    return die_with_parent
+
+
 async def spawn_grouped(argv: Sequence[str], *, env: Mapping[str, str],
                         cwd: Path | None = None) -> GroupedProcess:
     """Start ``argv`` in a new session with stdin from /dev/null and stdout+stderr to one pipe."""
@@ -44,7 +72,8 @@ async def spawn_grouped(argv: Sequence[str], *, env: Mapping[str, str],
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
-            stdout=write_fd, stderr=write_fd, start_new_session=True)
+            stdout=write_fd, stderr=write_fd, start_new_session=True,
+            preexec_fn=_pdeathsig_setter())
     except BaseException:
         os.close(read_fd)
         raise

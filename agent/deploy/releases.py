@@ -272,7 +272,12 @@ class ReleaseStore:
                 if not _RELEASE_ID.match(entry.name) or entry.name in keep_ids:
                     continue
                 if entry.name in finalized or not (entry / RELEASE_FILE).exists():
-                    _remove_tree(entry)
+                    try:
+                        _remove_tree(entry)
+                    except OSError as exc:  # e.g. something still writes there: next prune
+                        log.warning("release_not_removed", service=service, release=entry.name,
+                                    error=exc.strerror or type(exc).__name__)
+                        continue
                     removed.append(entry.name)
             return sorted(removed)
 

@@ -7,11 +7,14 @@ env vars and delivers webhooks; then check what users were promised.
   process start time through every kill, and every service has exactly one process tree;
 - no event was lost: every event committed to the outbox after the webhook was created
   reached the receiver, verified with ``standardwebhooks``, at least once (duplicates are
-  allowed after a crash mid-delivery, and counted).
+  allowed after a crash mid-delivery, and counted);
+- no redeploy was lost: each acknowledged ``PUT`` of a deployment from git (a new commit each
+  time) left a deploy run that ended (succeeded, superseded by a newer one, or failed with the
+  reason ``interrupted`` by the agent's restart; never stuck, never another failure), the
+  deployment serves the release it says it runs, and it deploys normally afterwards.
 
-``DPLOYR_CHAOS_SECONDS`` sets how long the kills go on (default 60, the issue's minute).
-Deployments from git, the Docker runtime and a PUT redeploy are not in this agent yet; local
-deployments (with a build step), restarts and env changes stand for them.
+``DPLOYR_CHAOS_SECONDS`` sets how long the kills go on (default 60, the issue's minute). The
+Docker runtime has its own kill -9 tests (tests/integration/docker/).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import signal
 import sqlite3
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +37,8 @@ import pytest
 from agent.supervisor import procfs
 from tests.reliability.figures import record
 from tests.support.agent import LiveAgent, wait_until
+from tests.support.git import GitDaemon, GitRepo
+from tests.support.gitdeploy import py_files, remote_body
 from tests.support.services import kill_apps, wrappers_of
 from tests.support.webhooks import Receiver, ThreadedServer
 
@@ -40,6 +46,8 @@ CHAOS_SECONDS = float(os.environ.get("DPLOYR_CHAOS_SECONDS", "60"))
 CONTROL_APPS = 4        # never touched by the driver: must never restart
 WORKING_APPS = 3        # restarted and given env vars by the driver
 MAX_DEPLOYS = 12
+REDEPLOY_EVERY = 1.5    # seconds at least between two redeploys from git
+ENDED_RUNS = {"succeeded", "failed", "superseded"}
 SETTLED = {"running", "stopped", "crashed", "failed"}
 
 
@@ -50,6 +58,8 @@ class Ledger:
     projects: list[str] = field(default_factory=list)
     deployments: list[str] = field(default_factory=list)
     env: list[tuple[str, str, str]] = field(default_factory=list)  # (service, key, value)
+    redeploys: list[str] = field(default_factory=list)  # commits of acknowledged PUTs
+    commits: dict[str, str] = field(default_factory=dict)  # commit -> the VERSION it serves
     counts: Counter[str] = field(default_factory=Counter)
 
 
@@ -62,11 +72,13 @@ class Driver:
     """Makes writes of every kind against the agent, recording which were acknowledged."""
 
     def __init__(self, agent: LiveAgent, token: str, apps: Path, hook_id: str,
-                 working: list[str], rng: random.Random) -> None:
+                 working: list[str], rng: random.Random, repo: GitRepo, git_dep: str) -> None:
         self.agent, self.token, self.apps = agent, token, apps
         self.hook_id, self.working, self.rng = hook_id, working, rng
+        self.repo, self.git_dep = repo, git_dep
         self.ledger = Ledger()
         self.n = 0
+        self.last_redeploy = 0.0
 
     def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         try:
@@ -78,9 +90,12 @@ class Driver:
     def step(self) -> None:
         self.n += 1
         n = self.n
-        kind = self.rng.choice(("project", "env", "env", "restart", "ping", "deploy"))
+        kind = self.rng.choice(("project", "env", "env", "restart", "ping", "deploy",
+                                "redeploy"))
         if kind == "deploy" and len(self.ledger.deployments) >= MAX_DEPLOYS:
             kind = "project"
+        if kind == "redeploy" and time.monotonic() - self.last_redeploy < REDEPLOY_EVERY:
+            kind = "ping"
         self.ledger.counts[f"{kind}_sent"] += 1
         if kind == "project":
             status, _ = self._call("POST", "/v1/projects", {"name": f"p{n}"})
@@ -97,6 +112,13 @@ class Driver:
             status, _ = self._call("POST", f"/v1/services/{self.rng.choice(self.working)}/restart")
         elif kind == "ping":
             status, _ = self._call("POST", f"/v1/webhooks/{self.hook_id}/test")
+        elif kind == "redeploy":
+            self.last_redeploy = time.monotonic()
+            commit = self.repo.commit({"VERSION": f"c{n}\n"})
+            self.ledger.commits[commit] = f"c{n}"
+            status, _ = self._call("PUT", f"/v1/deployments/{self.git_dep}", {})
+            if status == 202:
+                self.ledger.redeploys.append(commit)
         else:
             status, dep = self._call("POST", "/v1/deployments", {
                 "name": f"d{n}", "source": "local", "path": str(self.apps),
@@ -146,6 +168,8 @@ def test_kill_9_during_deploys_restarts_env_changes_and_deliveries(tmp_path: Pat
     rng = random.Random(int(os.environ.get("DPLOYR_CHAOS_SEED", "9")))
     apps = tmp_path / "srv" / "app"
     apps.mkdir(parents=True)
+    repo = GitRepo.create(tmp_path / "repos" / "site", py_files("c0"))
+    daemon = GitDaemon(tmp_path / "repos").start()
     receiver = Receiver()
     server = ThreadedServer(receiver.app(), receiver.port).start()
     agent = LiveAgent(state_dir=tmp_path / "state", extra_env={
@@ -157,6 +181,7 @@ def test_kill_9_during_deploys_restarts_env_changes_and_deliveries(tmp_path: Pat
         "DPLOYR_WEBHOOKS__RETRY_BASE_DELAY": "0.2",
         "DPLOYR_WEBHOOKS__RETRY_MAX_DELAY": "1",
         "DPLOYR_METRICS__DETECT_RUNTIMES": "false",
+        "DPLOYR_DEPLOY__ALLOWED_SCHEMES": "git",
     })
     killer = Killer(agent, rng)
     try:
@@ -174,6 +199,16 @@ def test_kill_9_during_deploys_restarts_env_changes_and_deliveries(tmp_path: Pat
             assert status == 201, dep
             services.append(dep["service_id"])
         control, working = services[:CONTROL_APPS], services[CONTROL_APPS:]
+        status, _, git_dep = agent.request("POST", "/v1/deployments", token=token,
+                                           body=remote_body("site", daemon.url("site")))
+        assert status == 202, git_dep
+
+        def deployment() -> dict[str, Any]:
+            return agent.request("GET", f"/v1/deployments/{git_dep['id']}", token=token)[2]
+
+        wait_until(lambda: deployment()["status"] in ("succeeded", "failed"), timeout=120,
+                   message="the first deploy from git")
+        assert deployment()["status"] == "succeeded", deployment()["status_detail"]
 
         def service(sid: str) -> dict[str, Any]:
             return agent.request("GET", f"/v1/services/{sid}", token=token)[2]
@@ -182,7 +217,8 @@ def test_kill_9_during_deploys_restarts_env_changes_and_deliveries(tmp_path: Pat
                    message="the first apps to run")
         before = {sid: (pid := service(sid)["pid"], _start_ticks(pid)) for sid in control}
 
-        driver = Driver(agent, token, apps, hook["id"], working, rng)
+        driver = Driver(agent, token, apps, hook["id"], working, rng, repo, git_dep["id"])
+        driver.ledger.commits[repo.head()] = "c0"
         killer.start()
         deadline = time.monotonic() + CHAOS_SECONDS
         while time.monotonic() < deadline and killer.error is None:
@@ -205,6 +241,20 @@ def test_kill_9_during_deploys_restarts_env_changes_and_deliveries(tmp_path: Pat
             env_by_service[sid] = {v["key"]: v["value"] for v in listing["data"]}
         missing = [(s, k) for s, k, v in ledger.env if env_by_service[s].get(k) != v]
         assert not missing, missing
+
+        # -- redeploys from git: each acknowledged one left a run that ended ----------------
+        wait_until(lambda: deployment()["status"] in ("succeeded", "failed"), timeout=180,
+                   message="the last redeploy to end")
+        with sqlite3.connect(f"file:{agent.state_dir / 'agent.db'}?mode=ro", uri=True) as db:
+            runs = [(status, json.loads(detail)) for status, detail in db.execute(
+                "SELECT status, detail FROM deploy_runs WHERE deployment_id = ? AND"
+                " kind = 'deploy' ORDER BY created_at", (git_dep["id"],))]
+        assert len(runs) >= 1 + len(ledger.redeploys), (len(runs), len(ledger.redeploys))
+        assert all(status in ENDED_RUNS for status, _ in runs), [s for s, _ in runs]
+        failures = [d["failure"] for status, d in runs if status == "failed"]
+        assert [f for f in failures if f["code"] != "interrupted"] == []
+        current = deployment()
+        assert current["commit"] in ledger.commits, current
 
         # -- apps: untouched ones never restarted; one process tree per service ----------------
         everything = [s["id"] for s in agent.request("GET", "/v1/services?limit=100",
@@ -248,8 +298,28 @@ def test_kill_9_during_deploys_restarts_env_changes_and_deliveries(tmp_path: Pat
                duplicate_deliveries=sum(n - 1 for n in received.values()),
                services=len(everything))
         assert killer.kills >= CHAOS_SECONDS / 3
+
+        # -- the deployment from git serves the release it runs, and deploys normally -------
+        def answer() -> str:
+            port = service(current["service_id"])["listen_port"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+                return str(resp.read().decode())
+
+        assert answer() == f"{ledger.commits[current['commit']]} hello"
+        newest = repo.commit({"VERSION": "final\n"})
+        status, _, _ = agent.request("PUT", f"/v1/deployments/{git_dep['id']}", token=token,
+                                     body={})
+        assert status == 202
+        wait_until(lambda: deployment()["status"] in ("succeeded", "failed"), timeout=120,
+                   message="the redeploy after the chaos")
+        assert (deployment()["status"], deployment()["commit"]) == ("succeeded", newest)
+        assert answer() == "final hello"
+        record("kill9_chaos_git", redeploys_acknowledged=len(ledger.redeploys), runs=len(runs),
+               interrupted=len(failures),
+               superseded=sum(1 for status, _ in runs if status == "superseded"))
     finally:
         killer.stop.set()
         agent.stop()
         kill_apps(agent.state_dir)
         server.stop()
+        daemon.stop()

@@ -24,6 +24,23 @@ def test_allows_the_limit_then_refuses() -> None:
     assert refused.headers()["Retry-After"] == "60"
 
 
+def test_burst_caps_requests_at_once_and_keeps_the_pace() -> None:
+    """With a burst of 5: 5 pass at once, then one every period/limit seconds; the limit
+    header stays the hourly limit and remaining never exceeds the burst."""
+    clock = FakeClock()
+    limiter = RateLimiter(3600, 3600, clock, burst=5)
+    decisions = [limiter.charge("k") for _ in range(5)]
+    assert all(d.allowed for d in decisions) and decisions[0].limit == 3600
+    assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0]
+    refused = limiter.charge("k")
+    assert not refused.allowed and refused.retry_after == 1
+    clock.advance(1)
+    assert limiter.charge("k").allowed and not limiter.charge("k").allowed
+    clock.advance(3600)
+    assert limiter.peek("k").remaining == 5
+    assert RateLimiter(10, 100, clock, burst=50).burst == 10  # never above the limit
+
+
 def test_refills_over_time() -> None:
     """After period/limit seconds one more request passes; after the period, all of them."""
     clock = FakeClock()

@@ -21,10 +21,13 @@ from tests.support.git import GitDaemon, GitRepo
 from tests.support.gitdeploy import Deployer
 
 #: The app's start script: logs a line, serves /www with busybox httpd on $PORT (each request
-#: logged to stderr), and on SIGTERM finishes what is in flight before it exits.
+#: logged to stderr) after a second (Docker's proxy accepts connections on the published port
+#: meanwhile: the health gate must not take that for the app), and on SIGTERM finishes what
+#: is in flight before it exits.
 START = """\
 #!/bin/sh
 echo "serving $(cat /www/index.html) on port $PORT"
+sleep 1
 httpd -f -v -p "$PORT" -h /www &
 trap 'sleep 0.5; kill $!; exit 0' TERM
 wait

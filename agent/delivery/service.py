@@ -300,7 +300,7 @@ class RemoteDeployments:
                 return None
 
         for service in await self._recorder.recover(current_release):
-            await self.kit.releases.prune(service)
+            await self.kit.pipeline.prune(service)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -318,7 +318,7 @@ class Pipeline:
             await self._releases.mark_current(spec.service, release.id)
             dlog.write([f"release {release.id} (commit {run.commit}) is live"])
             await self.transition(run, Stage.SUCCEEDED)
-            await self._prune(spec.service)
+            await self.prune(spec.service)
         except DeployError as exc:
             await self._fail_logged(run, dlog, scrub(exc.reason, secrets), exc.exit_code, exc.code)
         except InvalidRequest as exc:  # the toolchain went away between validation and build
@@ -421,7 +421,7 @@ class Pipeline:
             port=spec.port, extra={"run_id": run.id, "deployment_id": spec.deployment_id,
                                    "image_id": built.image_id, "image_tag": built.tag})
 
-    async def _prune(self, service: str) -> None:
+    async def prune(self, service: str) -> None:
         """Prune old releases (and their images' tags); a failure here is logged and does not
         undo a successful deploy."""
         try:

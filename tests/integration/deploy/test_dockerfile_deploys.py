@@ -230,3 +230,23 @@ async def test_runtime_default_docker_makes_a_plain_remote_deployment_a_docker_o
     assert dep["runtime"] == "docker" and dep["image_id"]
     assert (await deployer.service("plain"))["runtime"] == "docker"
     assert (await deployer.direct("plain")).strip() == "plain"
+
+
+@pytest.mark.parametrize("agent_sections", [{"deploy": {"keep_releases": 1}}])
+async def test_rebuilding_one_commit_moves_its_tag_and_pruning_removes_the_old_image(
+        docker_deployer: Deployer, daemon: GitDaemon, repos_root: Path) -> None:
+    """PUT {} rebuilds the same commit: the tag moves to the new image; once the first
+    release is pruned its image, left without a tag, is removed too."""
+    deployer = docker_deployer
+    repo = GitRepo.create(repos_root / "again", app_files("same"))
+    images = [(await deployer.deploy(docker_body("again", daemon.url("again"))))["image_id"]]
+    for _ in range(2):
+        done = await deployer.redeploy("again")
+        assert done["status"] == "succeeded", done["status_detail"]
+        images.append(done["image_id"])
+    assert len(set(images)) == 3
+    assert tags_of("again") == {f"dployr/again:{repo.head()}"}
+    assert image_id(f"dployr/again:{repo.head()}") == images[2]
+    assert image_id(images[0]) is None  # pruned: removed although it had no tag left
+    assert image_id(images[1]) is not None  # the previous release keeps its image
+    assert (await deployer.direct("again")).strip() == "same"

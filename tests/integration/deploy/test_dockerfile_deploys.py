@@ -250,3 +250,28 @@ async def test_rebuilding_one_commit_moves_its_tag_and_pruning_removes_the_old_i
     assert image_id(images[0]) is None  # pruned: removed although it had no tag left
     assert image_id(images[1]) is not None  # the previous release keeps its image
     assert (await deployer.direct("again")).strip() == "same"
+
+
+async def test_deleting_during_a_build_cancels_it_and_leaves_no_image(
+        docker_deployer: Deployer, daemon: GitDaemon, repos_root: Path) -> None:
+    """DELETE while a Dockerfile step runs: the build is cancelled, its step container goes
+    away and no dployr/<name> tag is ever made."""
+    deployer = docker_deployer
+    GitRepo.create(repos_root / "slow", app_files(
+        "slow", extra_step="RUN echo dployr-slow-step-started; sleep 60\n"))
+    created = await deployer.create(docker_body("slow", daemon.url("slow")))
+
+    async def step_running() -> bool:
+        log = await deployer.deploy_log(created["id"], "?tail=1000&stream=build")
+        return "dployr-slow-step-started" in log
+
+    await eventually(step_running, timeout=30, message="the slow step to start")
+    await deployer.request("DELETE", f"/v1/deployments/{created['id']}", expect=204)
+
+    async def step_gone() -> bool:
+        out = await asyncio.to_thread(docker, "ps", "-a", "--no-trunc", "--format",
+                                      "{{.Command}}")
+        return "dployr-slow-step-started" not in out
+
+    await eventually(step_gone, timeout=30, message="the build's step container to go")
+    assert tags_of("slow") == set()

@@ -49,6 +49,7 @@ from agent.delivery import DeployLogs, RemoteDeployments, RunRecorder, Superviso
 from agent.deploy.kit import DeployKit
 from agent.deployments import DeploymentService
 from agent.docker.engine import DockerEngine
+from agent.docker.release_images import ReleaseImages
 from agent.docker.releases import ImageDeployments
 from agent.docker.stats import DockerStats
 from agent.env import EnvService
@@ -174,7 +175,7 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
     docker = _add_docker(app, config, db, clock)
     supervisor = _add_services(app, config, db, clock,
                                runtimes or {"process": ProcessRuntime(), "docker": docker})
-    _add_deploys(app, config, db, clock, supervisor)
+    _add_deploys(app, config, db, clock, supervisor, docker)
     view = SupervisorView(supervisor)
     _add_proxy(app, config, db, clock, locator or view)
     _add_metrics(app, config, clock, db, service_source or view, host_reader, runtime_detector)
@@ -285,9 +286,9 @@ def _add_services(app: web.Application, config: AgentConfig, db: Database, clock
 
 
 def _add_deploys(app: web.Application, config: AgentConfig, db: Database, clock: Clock,
-                 supervisor: Supervisor) -> None:
+                 supervisor: Supervisor, docker: DockerRuntime) -> None:
     """Deployments from git: the deploy kit, its starter (the supervisor's switch), its
-    observer (the store), and the remote deployments service."""
+    observer (the store), its Dockerfile builds, and the remote deployments service."""
     releases = DeployKit.release_store(config, clock)
     logs = DeployLogs(config.state.dir / "apps")
 
@@ -297,12 +298,20 @@ def _add_deploys(app: web.Application, config: AgentConfig, db: Database, clock:
     starter = SupervisorStarter(supervisor, releases, start_timeout=config.deploy.start_timeout,
                                 refresh=refresh)
     recorder = RunRecorder(db, clock, releases)
+    images = ReleaseImages(docker.engine, timeout=config.deploy.build_timeout,
+                           instance_id=_instance_id_loader(db),
+                           service_id=lambda name: _service_id(db, name))
     kit = DeployKit.from_config(config, clock=clock, starter=starter, observer=recorder,
-                                log_listener=logs.notify, releases=releases)
+                                log_listener=logs.notify, releases=releases, images=images)
     remote = RemoteDeployments(db, clock, config, supervisor, app[ENV_KEY], kit, logs, recorder)
     app[REMOTE_DEPLOYMENTS_KEY] = remote
     app[DEPLOYMENTS_KEY].add_removal_hook(remote.before_removal, before=True)
     app[DEPLOYMENTS_KEY].add_removal_hook(remote.after_removal)
+
+
+def _service_id(db: Database, name: str) -> str | None:
+    row = db.query_one("SELECT id FROM services WHERE name = ?", (name,))
+    return str(row["id"]) if row is not None else None
 
 
 def _add_proxy(app: web.Application, config: AgentConfig, db: Database, clock: Clock,

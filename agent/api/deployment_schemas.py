@@ -124,7 +124,9 @@ class DeploymentCreate(ApiModel):
     env: dict[str, str] = Field(default_factory=dict)
     project_id: str | None = Field(default=None, max_length=64)
     runtime: str | None = Field(default=None, max_length=64, examples=["nodejs"],
-                                description="`remote`: nodejs | python | go | static")
+                                description="`remote`: nodejs | python | go | static | docker "
+                                            "(default: `[runtime] default` when that is "
+                                            "docker, else required)")
     version: str | None = Field(default=None, max_length=64, examples=["20"],
                                 description="MAJOR, MAJOR.MINOR or MAJOR.MINOR.PATCH; the newest "
                                             "available match is used (default: newest)")
@@ -230,8 +232,9 @@ class Deployment(Resource):
     release: dict[str, Any] | None = Field(description="The release running now: id, commit, "
                                                        "branch, toolchain, deployed_at")
     has_credentials: bool
-    image_id: str | None = Field(default=None, description="`image`: the image id the service "
-                                                             "runs")
+    image_id: str | None = Field(default=None, description="`image`, and `remote` with runtime "
+                                                             "`docker`: the image id the "
+                                                             "service runs")
     memory: int | None = Field(default=None, description="`image`: memory limit in bytes")
     cpus: float | None = Field(default=None, description="`image`: CPU limit")
     created_at: datetime
@@ -258,6 +261,10 @@ class Deployment(Resource):
                    has_credentials=d.has_credentials, image_id=d.image_id,
                    memory=limits.get("memory"), cpus=limits.get("cpus"),
                    created_at=from_epoch(d.created_at), updated_at=from_epoch(d.updated_at))
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value else None
 
 
 def _iso(value: Any) -> str | None:
@@ -304,8 +311,12 @@ class Release(Resource):
     port: int | None = Field(default=None, description="git")
     env_keys: list[str] | None = Field(default=None, description="git: the keys of its env "
                                                                  "snapshot (values are not shown)")
-    image: str | None = Field(default=None, description="image: the reference asked for")
-    image_id: str | None = Field(default=None, description="image: the image it resolved to")
+    image: str | None = Field(default=None, description="image: the reference asked for; git "
+                                                        "with runtime docker: the image's tag, "
+                                                        "dployr/<name>:<commit>")
+    image_id: str | None = Field(default=None, description="image: the image it resolved to; "
+                                                           "git with runtime docker: the image "
+                                                           "built")
     rollback_of: str | None = Field(default=None, description="image: the release a rollback "
                                                               "copied")
     created_at: datetime
@@ -318,6 +329,8 @@ class Release(Resource):
                    remote=release.remote, toolchain=dict(release.toolchain),
                    build=dict(release.build), run_cmd=release.run_cmd, port=release.port,
                    env_keys=sorted(release.env), created_at=from_epoch(release.created_at),
+                   image=_text(release.extra.get("image_tag")),
+                   image_id=_text(release.extra.get("image_id")),
                    current=current, previous=previous)
 
     @classmethod

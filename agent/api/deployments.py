@@ -23,7 +23,7 @@ from agent.deployments import LocalDeployment
 from agent.docker.images import check_cpus, parse_memory, validate_reference
 from agent.docker.releases import ImageDeployment, ImageUpdate
 from agent.errors import Forbidden, InvalidRequest
-from agent.keys import DEPLOYMENTS_KEY, IMAGES_KEY, REMOTE_DEPLOYMENTS_KEY
+from agent.keys import CONFIG_KEY, DEPLOYMENTS_KEY, IMAGES_KEY, REMOTE_DEPLOYMENTS_KEY
 from agent.supervisor.policy import RestartPolicy
 
 __all__ = ["routes"]
@@ -82,19 +82,22 @@ def _local(body: DeploymentCreate) -> LocalDeployment:
         stop_signal=body.stop_signal, stop_timeout=body.stop_timeout)
 
 
-def _remote(body: DeploymentCreate) -> RemoteDeployment:
+def _remote(body: DeploymentCreate, default_runtime: str) -> RemoteDeployment:
+    """``runtime`` omitted: ``docker`` when ``[runtime] default = "docker"``, else a 400."""
     for name in ("path", "image", "memory", "cpus"):
         if getattr(body, name) is not None:
             raise InvalidRequest(f"Unexpected {name}", field=name,
                                  issue="Not used with source 'remote'")
-    if body.runtime is None:
+    runtime = body.runtime or (default_runtime if default_runtime == "docker" else None)
+    if runtime is None:
         raise InvalidRequest("Missing runtime", field="runtime",
-                             issue="Required for source 'remote': nodejs, python, go or static")
+                             issue="Required for source 'remote': nodejs, python, go, static "
+                                   "or docker")
     if body.remote is None:
         raise InvalidRequest("Missing remote", field="remote",
                              issue="Required for source 'remote': a git URL")
     return RemoteDeployment(
-        name=body.name, runtime=body.runtime, remote=body.remote, version=body.version or "",
+        name=body.name, runtime=runtime, remote=body.remote, version=body.version or "",
         branch=body.branch or "main", build_cmd=body.build_cmd, run_cmd=body.run_cmd,
         port=body.port, fixed_port=body.fixed_port, env=body.env, project_id=body.project_id,
         health_check=body.health_check.to_domain() if body.health_check else None,
@@ -108,7 +111,10 @@ def _remote(body: DeploymentCreate) -> RemoteDeployment:
              extra_responses={202: "A deployment from git: created, its first deploy queued"},
              description="`source: \"remote\"` builds and runs an app from a git remote through "
                          "the deploy pipeline: 202 with the deployment `queued`; follow its "
-                         "`status` and `GET /v1/deployments/{id}/logs`. `source: \"image\"` "
+                         "`status` and `GET /v1/deployments/{id}/logs`; with `runtime: "
+                         "\"docker\"` (or none given when `[runtime] default = \"docker\"`) "
+                         "the repository's Dockerfile is built and run as a container (503 "
+                         "`runtime_unavailable` when the Docker engine does not answer). `source: \"image\"` "
                          "runs a Docker image (`image`, optional `memory`/`cpus` limits; 503 "
                          "`runtime_unavailable` when the Docker engine does not answer): 201. "
                          "`source: \"local\"` (admin only) runs an app from a directory inside "
@@ -116,7 +122,8 @@ def _remote(body: DeploymentCreate) -> RemoteDeployment:
 async def create_deployment(request: web.Request, body: DeploymentCreate) -> web.StreamResponse:
     deployments = request.app[DEPLOYMENTS_KEY]
     if body.source == "remote":
-        deployment_id = await request.app[REMOTE_DEPLOYMENTS_KEY].create(_remote(body))
+        default = request.app[CONFIG_KEY].runtime.default
+        deployment_id = await request.app[REMOTE_DEPLOYMENTS_KEY].create(_remote(body, default))
         return _accepted(request, Deployment.of(deployments.get(deployment_id)))
     if body.source == "image":
         return json_response(Deployment.of(await request.app[IMAGES_KEY].create(_image(body))),

@@ -11,7 +11,10 @@ Rules:
 
 * ``runtime`` is one the agent supports, ``version`` well formed and installed or
   provisionable (400 on ``version`` listing what is available), ``remote`` and ``branch``
-  valid (``agent.deploy.remote``), ``run_cmd`` given unless the runtime is ``static``,
+  valid (``agent.deploy.remote``), ``run_cmd`` given unless the runtime is ``static`` or
+  ``docker``; ``docker`` (the repository's Dockerfile, run as a container) takes no
+  ``version`` nor ``build_cmd`` and needs the Docker engine to answer (503
+  ``runtime_unavailable``, checked before anything is written or queued, for a rollback too),
   ``port`` given with ``fixed_port``, ``env`` within the env rules, ``project_id`` existing;
 * credentials (``username``/``password`` or ``ssh_key``, or ``user:token@`` in an https URL)
   are kept in ``deployment_credentials``, handed to git only (never stored in the remote, a
@@ -20,7 +23,7 @@ Rules:
 * a PUT is a partial update: fields not given keep their values, ``env`` sets the keys given
   and removes those given as null, ``credentials: null`` forgets them; then a new release
   is deployed (``PUT {}`` redeploys the branch's newest commit). ``runtime`` cannot change
-  between ``static`` and an app runtime (the service's runtime differs);
+  between ``static``, ``docker`` and a process runtime (the service's runtime differs);
 * a rollback switches to an existing release (the previous one by default) without fetching
   or building, with the release's own env snapshot, which becomes the service's env vars
   again when the switch succeeds (Heroku semantics). The deployment's settings (branch,
@@ -42,11 +45,12 @@ from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.delivery.logs import DeployLogs
 from agent.delivery.records import RunRecorder
+from agent.deploy.images import DOCKER_RUNTIME
 from agent.deploy.kit import DeployKit
 from agent.deploy.pipeline import DeployRun
 from agent.deploy.releases import Release
 from agent.deploy.remote import GitCredentials, Remote, validate_remote
-from agent.deploy.toolchains import validate_version
+from agent.deploy.toolchains import RUNTIMES, validate_version
 from agent.env import EnvService, validate_env
 from agent.errors import Conflict, InvalidRequest, NotFound
 from agent.ids import new_id
@@ -185,10 +189,10 @@ class RemoteDeployments:
         current["health_check"] = HealthCheck.from_dict(_load(row["health_check"]))
         current["restart"] = RestartPolicy.from_dict(_load(row["restart"]))
         values = {**current, **change.values}
-        if (values["runtime"] == "static") != (current["runtime"] == "static"):
+        if _service_runtime(values["runtime"]) != _service_runtime(current["runtime"]):
             raise InvalidRequest("Invalid deployment configuration", field="runtime",
-                                 issue="Cannot change between 'static' and an app runtime; "
-                                       "create a new deployment")
+                                 issue="Cannot change between 'static', 'docker' and a "
+                                       "process runtime; create a new deployment")
         env = self._env.mapping(row["service_id"])
         env.update({k: v for k, v in change.env.items() if v is not None})
         for key in [k for k, v in change.env.items() if v is None]:
@@ -247,6 +251,8 @@ class RemoteDeployments:
         if target == row["release_id"]:
             raise Conflict(f"Release {target} is already the current release",
                            details={"field": "release_id", "issue": "Already current"})
+        if row["runtime"] == DOCKER_RUNTIME:
+            await self.kit.ensure_docker()
         scheme = row["remote"].split("://", 1)[0] if "://" in row["remote"] else "ssh"
         spec = self.kit.spec(
             service=name, runtime=row["runtime"], version=row["version"] or "",
@@ -273,9 +279,13 @@ class RemoteDeployments:
             await self.kit.queue.cancel(row["name"], "The deployment was deleted")
 
     async def after_removal(self, service_id: str) -> None:
-        """Its service is gone: remove its releases; followers of its log end."""
-        row = self._db.query_one("SELECT name FROM services WHERE id = ?", (service_id,))
+        """Its service is gone: remove its releases (and a Docker deployment's images);
+        followers of its log end."""
+        row = self._db.query_one("SELECT name, runtime, deployment_id FROM services"
+                                 " WHERE id = ?", (service_id,))
         if row is not None:
+            if row["runtime"] == DOCKER_RUNTIME and self.kit.images is not None:
+                await self.kit.images.remove_all(row["name"], row["deployment_id"])
             await self.kit.releases.remove_service(row["name"])
             self.logs.close(row["name"])
 
@@ -290,7 +300,7 @@ class RemoteDeployments:
                 return None
 
         for service in await self._recorder.recover(current_release):
-            await self.kit.releases.prune(service)
+            await self.kit.pipeline.prune(service)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -305,8 +315,19 @@ class RemoteDeployments:
     def _check(self, values: Mapping[str, Any]) -> None:
         """The checks that need nothing but the values (before any name or registry lookup)."""
         runtime = values["runtime"]
-        validate_version(runtime, values["version"] or "")
-        if runtime != "static" and not values["run_cmd"]:
+        if runtime == DOCKER_RUNTIME:
+            for name in ("version", "build_cmd"):
+                if values[name]:
+                    raise InvalidRequest(f"Unexpected {name}", field=name,
+                                         issue="Not used with runtime 'docker': the "
+                                               "repository's Dockerfile says how to build")
+        elif runtime not in RUNTIMES:
+            raise InvalidRequest("Invalid deployment configuration", field="runtime",
+                                 issue="Unsupported runtime; supported: "
+                                       f"{', '.join((*RUNTIMES, DOCKER_RUNTIME))}")
+        else:
+            validate_version(runtime, values["version"] or "")
+        if runtime not in ("static", DOCKER_RUNTIME) and not values["run_cmd"]:
             raise InvalidRequest("Missing run_cmd", field="run_cmd",
                                  issue=f"Required for runtime '{runtime}'")
         if values["fixed_port"] and values["port"] is None:
@@ -356,7 +377,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 def _service_runtime(runtime: str) -> str:
     """The supervisor runtime of a deployment's service."""
-    return "static" if runtime == "static" else "process"
+    return runtime if runtime in ("static", DOCKER_RUNTIME) else "process"
 
 
 def _json(value: HealthCheck | RestartPolicy | None) -> str | None:

@@ -9,7 +9,9 @@ the supervisor's reason; the last lines the app wrote to stderr go to the deploy
 What runs: ``run_cmd`` by ``/bin/sh`` in the release's ``app/`` directory, with the
 release's PATH dirs and variables (toolchain, venv) and the deployment's env. A static site
 (``runtime: "static"``) runs nothing: its root is the release's ``dist/`` directory when the
-release has one (the usual output of a build), else the release's ``app/`` directory.
+release has one (the usual output of a build), else the release's ``app/`` directory. A
+Docker release (``runtime: "docker"``) runs a container of the image id it recorded, with
+``run_cmd`` (by ``/bin/sh -c``) when given, else the image's own CMD; the switch is the same.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.deploy.errors import StartFailed
+from agent.deploy.images import image_of
 from agent.deploy.pipeline import StartRequest
 from agent.deploy.releases import Release, ReleaseStore
 from agent.errors import NotFound
@@ -53,6 +56,10 @@ class SupervisorStarter:
             raise StartFailed("The service no longer exists (the deployment was deleted)") from None
         release = request.release
         static = service.runtime == "static"
+        image = image_of(release)
+        if (service.runtime == "docker") != (image is not None):
+            raise StartFailed(f"Release {release.id} was not built for this service's runtime "
+                              f"({service.runtime}); deploy again")
 
         async def on_switch() -> None:
             await self._refresh(service.id)
@@ -61,9 +68,9 @@ class SupervisorStarter:
         replacement = Replacement(
             release_id=release.id,
             cwd=await asyncio.to_thread(site_root, release) if static else release.app_dir,
-            command=None if static else request.run_cmd, env=dict(request.env),
+            command=None if static else request.run_cmd or None, env=dict(request.env),
             run_env=request.runtime_env.to_dict(), start_timeout=self._start_timeout,
-            restore_env=request.rollback, on_switch=on_switch)
+            restore_env=request.rollback, on_switch=on_switch, image=image)
         try:
             result = await self._supervisor.replace(service.id, replacement)
         except SwitchFailed as exc:
@@ -74,6 +81,9 @@ class SupervisorStarter:
             raise StartFailed("The service no longer exists (the deployment was deleted)") from None
         if static:
             request.log.write([f"serving {replacement.cwd}"])
+        elif image is not None:
+            request.log.write([f"a container of image {image[:19]} passed its health check on "
+                               f"127.0.0.1:{result.listen_port} and took the traffic"])
         else:
             request.log.write([f"pid {result.pid} passed its health check on port "
                                f"{result.listen_port} and took the traffic"])

@@ -28,12 +28,14 @@ from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.deploy.build import Builder
 from agent.deploy.git import GitFetcher
+from agent.deploy.images import DOCKER_RUNTIME, ImageBuilder
 from agent.deploy.pipeline import DeploySpec, Pipeline, ReleaseStarter, RunObserver
 from agent.deploy.provision import NodeProvisioner
 from agent.deploy.queue import DeployQueue
 from agent.deploy.releases import ReleaseStore
 from agent.deploy.remote import GitCredentials, Remote, validate_branch, validate_remote
 from agent.deploy.toolchains import Provisioner, ToolchainResolver
+from agent.errors import RuntimeUnavailable
 
 __all__ = ["DeployKit"]
 
@@ -50,15 +52,19 @@ class DeployKit:
     releases: ReleaseStore
     pipeline: Pipeline
     queue: DeployQueue
+    images: ImageBuilder | None = None
 
     @classmethod
     def from_config(cls, config: AgentConfig, *, clock: Clock, starter: ReleaseStarter,
                     observer: RunObserver | None = None,
                     log_listener: Callable[[Path], None] | None = None,
-                    releases: ReleaseStore | None = None) -> DeployKit:
+                    releases: ReleaseStore | None = None,
+                    images: ImageBuilder | None = None) -> DeployKit:
         """Build the parts from ``[deploy]`` and ``[state]``. ``log_listener`` hears of every
         write to a deployment log (to wake its followers); ``releases`` replaces the store
-        made from the config (``release_store``), when the starter needs the same one."""
+        made from the config (``release_store``), when the starter needs the same one;
+        ``images`` builds the Dockerfiles of ``runtime: "docker"`` deployments (without it
+        that runtime is refused)."""
         state = config.state.dir
         deploy = config.deploy
         toolchains_dir = Path(deploy.toolchains_dir) if deploy.toolchains_dir else state / "toolchains"
@@ -74,9 +80,10 @@ class DeployKit:
         pipeline = Pipeline(fetcher=fetcher, toolchains=resolver, builder=builder, releases=releases,
                             starter=starter, clock=clock, observer=observer,
                             log_listener=log_listener,
-                            log_max_bytes=config.services.log_max_bytes)
+                            log_max_bytes=config.services.log_max_bytes, images=images)
         queue = DeployQueue(pipeline, max_concurrent=deploy.max_concurrent_deploys)
-        return cls(config, fetcher, resolver, provisioner, builder, releases, pipeline, queue)
+        return cls(config, fetcher, resolver, provisioner, builder, releases, pipeline, queue,
+                   images)
 
     @staticmethod
     def release_store(config: AgentConfig, clock: Clock) -> ReleaseStore:
@@ -92,13 +99,24 @@ class DeployKit:
         """Check a deploy request before anything runs; 400 naming the field otherwise.
 
         Returns the validated remote (credentials attached, none in its ``url``). The
-        runtime version must be installed or provisionable (503 if the registry is down).
+        runtime version must be installed or provisionable (503 if the registry is down);
+        ``runtime: "docker"`` needs the Docker engine to answer now (503
+        ``runtime_unavailable`` otherwise).
         """
         parsed = validate_remote(remote, self.config.deploy.allowed_schemes)
         validate_branch(branch)
         parsed = parsed.with_credentials(credentials)
-        await self.toolchains.check(runtime, version)
+        if runtime == DOCKER_RUNTIME:
+            await self.ensure_docker()
+        else:
+            await self.toolchains.check(runtime, version)
         return parsed
+
+    async def ensure_docker(self) -> None:
+        """503 ``runtime_unavailable`` unless Dockerfile builds can run now."""
+        if self.images is None:
+            raise RuntimeUnavailable("Docker builds are not available on this agent")
+        await self.images.ensure()
 
     def spec(self, *, service: str, runtime: str, version: str, remote: Remote, branch: str,
              build_cmd: str = "", run_cmd: str = "", port: int | None = None,

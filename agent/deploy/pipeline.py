@@ -13,6 +13,12 @@ Stages (``agent.deploy.stages``), each recorded with its start and end time:
     gates it on health, switches traffic and stops the old one; then the release becomes
     ``current`` and old releases are pruned.
 
+A deployment with ``runtime: "docker"`` builds differently (``agent.deploy.images``): its
+``building`` stage builds the checkout's Dockerfile into an image tagged
+``dployr/<service>:<commit>`` through the ``ImageBuilder`` (no toolchain, no ``build_cmd``),
+and the release records the image id, which the starter runs as a container. Pruning such
+releases also removes their images' tags.
+
 A **rollback** run (``DeploySpec.rollback_to``) fetches and builds nothing: it goes from
 ``queued`` straight to ``starting`` with an existing release, which the starter switches to
 with the release's own env snapshot (``StartRequest.rollback``).
@@ -40,6 +46,13 @@ from agent.clock import Clock
 from agent.deploy.build import BuildResult, RuntimeEnv, default_build_cmd
 from agent.deploy.errors import BuildFailed, DeployError, StartFailed, scrub
 from agent.deploy.git import FetchResult
+from agent.deploy.images import (
+    DOCKER_RUNTIME,
+    DOCKER_TOOLCHAIN,
+    ImageBuilder,
+    image_tag,
+    step_exit_code,
+)
 from agent.deploy.logfile import DeployLog, LineSink
 from agent.deploy.releases import Release, ReleaseDraft, ReleaseStore
 from agent.deploy.remote import Remote
@@ -219,7 +232,7 @@ class Pipeline:
                  releases: ReleaseStore, starter: ReleaseStarter, clock: Clock,
                  observer: RunObserver | None = None,
                  log_listener: Callable[[Path], None] | None = None,
-                 log_max_bytes: int | None = None) -> None:
+                 log_max_bytes: int | None = None, images: ImageBuilder | None = None) -> None:
         self._fetcher = fetcher
         self._toolchains = toolchains
         self._builder = builder
@@ -229,6 +242,7 @@ class Pipeline:
         self._observer = observer
         self._log_listener = log_listener
         self._log_max_bytes = log_max_bytes
+        self._images = images
 
     def new_run(self, spec: DeploySpec) -> DeployRun:
         """A run in ``queued`` (its first stage record opened now)."""
@@ -290,7 +304,10 @@ class Pipeline:
                                                 sink=dlog.sink("git"))
             run.commit = fetched.commit
             await self.transition(run, Stage.BUILDING)
-            release = await self._build(run, draft, dlog)
+            if spec.runtime == DOCKER_RUNTIME:
+                release = await self._build_image(run, draft, dlog)
+            else:
+                release = await self._build(run, draft, dlog)
             draft = None  # finalized: from here on it is a release, not a draft
             await self.transition(run, Stage.STARTING)
             dlog.write([f"starting release {release.id}"])
@@ -301,7 +318,7 @@ class Pipeline:
             await self._releases.mark_current(spec.service, release.id)
             dlog.write([f"release {release.id} (commit {run.commit}) is live"])
             await self.transition(run, Stage.SUCCEEDED)
-            await self._prune(spec.service)
+            await self.prune(spec.service)
         except DeployError as exc:
             await self._fail_logged(run, dlog, scrub(exc.reason, secrets), exc.exit_code, exc.code)
         except InvalidRequest as exc:  # the toolchain went away between validation and build
@@ -377,10 +394,42 @@ class Pipeline:
             run_cmd=spec.run_cmd, port=spec.port,
             extra={"run_id": run.id, "deployment_id": spec.deployment_id})
 
-    async def _prune(self, service: str) -> None:
-        """Prune old releases; a failure here is logged and does not undo a successful deploy."""
+    async def _build_image(self, run: DeployRun, draft: ReleaseDraft, dlog: DeployLog) -> Release:
+        """The ``building`` stage of a Docker deployment: the Dockerfile into an image."""
+        spec = run.spec
+        if self._images is None:
+            raise BuildFailed("Docker builds are not available on this agent")
+        run.toolchain = DOCKER_TOOLCHAIN
+        commit = run.commit or ""
+        tag = image_tag(spec.service, commit)
+        dlog.write([f"building the Dockerfile into {tag}"])
+        started = self._clock.monotonic()
         try:
-            await self._releases.prune(service)
+            built = await self._images.build(
+                draft.app_dir, service=spec.service, commit=commit, release_id=draft.id,
+                deployment_id=spec.deployment_id, sink=dlog.sink("build"),
+                limit=spec.build_timeout)
+        except BuildFailed as exc:
+            raise BuildFailed(f"The Docker build failed: {exc.reason}; see the deployment log",
+                              exit_code=exc.exit_code or step_exit_code(exc.reason)) from None
+        duration = self._clock.monotonic() - started
+        dlog.write([f"built image {built.image_id} ({built.tag}) in {duration:.1f}s"])
+        return await self._releases.finalize(
+            draft, commit=commit, branch=spec.branch, remote=spec.remote.url,
+            toolchain=DOCKER_TOOLCHAIN, runtime_env=RuntimeEnv(), env=spec.env,
+            build=BuildResult("docker build", 0, duration), run_cmd=spec.run_cmd,
+            port=spec.port, extra={"run_id": run.id, "deployment_id": spec.deployment_id,
+                                   "image_id": built.image_id, "image_tag": built.tag})
+
+    async def prune(self, service: str) -> None:
+        """Prune old releases (and their images' tags); a failure here is logged and does not
+        undo a successful deploy."""
+        try:
+            before = await self._releases.list(service) if self._images is not None else []
+            removed = set(await self._releases.prune(service))
+            if self._images is not None and removed:
+                await self._images.forget([r for r in before if r.id in removed],
+                                          [r for r in before if r.id not in removed])
         except (OSError, ValueError) as exc:
             log.warning("releases_prune_failed", service=service, error_type=type(exc).__name__)
 

@@ -12,7 +12,8 @@ Sources, searched in this order (on equal versions the earlier source wins):
 3. for ``nodejs`` only, when nothing installed matches: the npm registry, provisioned into the
    managed dir by ``NodeProvisioner`` (then it is installed, and reused by later deploys).
 
-``static`` needs no toolchain. ``docker`` (images) will be a runtime of its own. A version that
+``static`` needs no toolchain, nor does ``docker`` (a Dockerfile build, ``agent.deploy.images``:
+not a runtime of this module; ``validate_version`` refuses it). A version that
 cannot be had is an ``InvalidRequest`` on the field ``version`` whose details list the versions
 that can (``available``).
 """
@@ -52,7 +53,7 @@ _VERSION = re.compile(r"^\d{1,4}(\.\d{1,4}){0,2}$")
 _PROGRAMS = {"nodejs": "node", "python": "python3", "go": "go"}
 _PROBE_TIMEOUT = 15.0
 
-Source = Literal["managed", "system", "none"]
+Source = Literal["managed", "system", "none", "dockerfile"]
 
 
 @dataclass(frozen=True, slots=True)

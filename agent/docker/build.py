@@ -140,6 +140,9 @@ async def build_image(engine: DockerEngine, context_dir: Path, tag: str, log_lin
     task = asyncio.ensure_future(engine.call(lambda _client: build.run(emit), pool="build"))
     try:
         return await asyncio.wait_for(asyncio.shield(task), limit)
+    except asyncio.CancelledError:  # the deploy was cancelled (deleted, agent stopping)
+        build.cancel()
+        raise
     except TimeoutError:
         build.cancel()
         with contextlib.suppress(Exception):

@@ -2,6 +2,11 @@
 
 HTTP counts as passing on any 2xx or 3xx status; TCP when the connection is accepted. The
 probes use plain asyncio streams (no client session to manage, no proxy settings picked up).
+
+A container's published port is answered by Docker's userland proxy, which accepts every
+connection at once and closes it when nothing listens in the container yet. For those, a TCP
+probe with ``hold`` also waits that long after connecting: a connection closed meanwhile (an
+EOF or a reset) fails; one still open (or that got data) passes.
 How results move the state (starting -> running, running -> unhealthy -> running) is the
 unit's business; this module only probes and keeps the tally.
 """
@@ -13,10 +18,14 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["HealthCheck", "HealthState", "ProbeResult", "Verdict", "judge", "probe"]
+__all__ = ["CONTAINER_HOLD", "HealthCheck", "HealthState", "ProbeResult", "Verdict", "judge",
+           "probe"]
 
 HealthStatus = Literal["none", "unknown", "passing", "failing"]
 Verdict = Literal["running", "recovered", "unhealthy", "start_timeout"] | None
+
+#: Seconds a TCP probe of a container's published port holds the connection (see above).
+CONTAINER_HOLD = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,20 +80,28 @@ class HealthState:
             self.status = "failing"
 
 
-async def probe(check: HealthCheck, port: int, host: str = "127.0.0.1") -> ProbeResult:
-    """Run one check against ``host:port``; never raises."""
+async def probe(check: HealthCheck, port: int, host: str = "127.0.0.1", *,
+                hold: float = 0.0) -> ProbeResult:
+    """Run one check against ``host:port``; never raises. ``hold``: see the module docstring."""
     try:
-        return await asyncio.wait_for(_probe(check, host, port), check.timeout)
+        return await asyncio.wait_for(_probe(check, host, port, hold), check.timeout)
     except TimeoutError:
         return ProbeResult(False, f"timed out after {check.timeout:g}s")
     except OSError as exc:
         return ProbeResult(False, exc.strerror or type(exc).__name__)
 
 
-async def _probe(check: HealthCheck, host: str, port: int) -> ProbeResult:
+async def _probe(check: HealthCheck, host: str, port: int, hold: float) -> ProbeResult:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         if check.type == "tcp":
+            if hold > 0:
+                try:
+                    if await asyncio.wait_for(reader.read(1), hold) == b"":
+                        return ProbeResult(False, "connection closed at once (nothing listens "
+                                                  "behind the published port yet)")
+                except TimeoutError:
+                    pass  # still open: something accepted it
             return ProbeResult(True)
         request = (f"GET {check.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                    "User-Agent: dployr-agent-health\r\nConnection: close\r\n\r\n")

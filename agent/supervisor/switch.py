@@ -26,6 +26,11 @@ fixed port (``fixed_port`` with a run)
     two runs cannot listen on one port: the old run is stopped first (``stopping``), then the
     candidate starts as above; when it fails, the old release is started again.
 
+A container (a Docker service) is switched the same way: ``Replacement.image`` names the
+image id the candidate runs (the switch records it as the service's image, ``services.
+image_id``); its gate probes the published port (holding TCP connections, see
+``health.CONTAINER_HOLD``), whatever a health check's ``port`` says.
+
 A stop or delete of the service during the gate ends the candidate (``SwitchFailed``);
 cancellation (the deploy was cancelled, the agent stops) before the switch stops the candidate
 too and leaves the old run serving; after the switch it is too late to go back: the old run is
@@ -46,7 +51,7 @@ import structlog
 
 from agent.env import EnvService
 from agent.store import Tx
-from agent.supervisor.health import HealthCheck, HealthState, probe
+from agent.supervisor.health import CONTAINER_HOLD, HealthCheck, HealthState, probe
 from agent.supervisor.runtime import ExitStatus, Handle, RuntimeFailure
 from agent.supervisor.states import DesiredState, ReplacePlan, replace_plan
 from agent.supervisor.states import ServiceState as S
@@ -74,6 +79,8 @@ class Replacement:
     (``{"path_dirs": [...], "variables": {...}}``). ``restore_env`` makes ``env`` the
     service's env vars in the switch's transaction (a rollback restores a release's
     snapshot). ``on_switch`` runs after the switch and before the old run is stopped.
+    ``image`` is the image (id) a container candidate runs; None keeps the service's image
+    (process runs have none).
     """
 
     release_id: str
@@ -84,6 +91,7 @@ class Replacement:
     start_timeout: float
     restore_env: bool = False
     on_switch: Callable[[], Awaitable[None]] | None = None
+    image: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +174,10 @@ async def _replace(unit: ServiceUnit, rep: Replacement) -> SwitchResult:
 async def _spawn(unit: ServiceUnit, rep: Replacement, port: int, run_name: str) -> Handle:
     """Start the candidate. Not interrupted by cancellation: a spawned process is never lost."""
     env = run_environment(unit._ctx.base_env, rep.env, rep.run_env, port)
-    spec = dataclasses.replace(unit._spec(), command=rep.command, cwd=rep.cwd, env=env,
-                               run_name=run_name, listen_port=port)
+    base = unit._spec()
+    spec = dataclasses.replace(base, command=rep.command, cwd=rep.cwd, env=env,
+                               run_name=run_name, listen_port=port,
+                               image=rep.image or base.image)
     task = asyncio.ensure_future(unit._ctx.runtime.start(spec))
     try:
         return await asyncio.shield(task)
@@ -195,7 +205,8 @@ async def _gate(unit: ServiceUnit, handle: Handle, port: int, rep: Replacement, 
         return  # nothing listens; the runtime checked the site's directory
     check = r.health_check or _TCP
     limit = r.health_check.start_timeout if r.health_check else rep.start_timeout
-    probe_port = check.port if r.fixed_port and check.port else port
+    container = r.runtime == "docker"
+    probe_port = check.port if r.fixed_port and check.port and not container else port
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     exited = asyncio.ensure_future(unit._ctx.runtime.wait(handle))
@@ -205,7 +216,7 @@ async def _gate(unit: ServiceUnit, handle: Handle, port: int, rep: Replacement, 
     try:
         while True:
             if not exited.done() and not halted.done():
-                result = await probe(check, probe_port)
+                result = await probe(check, probe_port, hold=CONTAINER_HOLD if container else 0.0)
                 if result.ok and not exited.done():
                     unit.health = HealthState(status="passing" if r.health_check else "none",
                                               last_checked_at=unit._ctx.clock.time())
@@ -251,12 +262,12 @@ async def _switch(unit: ServiceUnit, rep: Replacement, handle: Handle, port: int
     data = {"pid": handle.pid, "listen_port": port, "port": r.port, "restart_count": 0,
             "release_id": rep.release_id,
             "replaced_release_id": old.release_id if old is not None else None}
-    also = _env_writer(r.id, rep.env, now) if rep.restore_env else None
+    also = _switch_writer(r.id, rep, now)
     await unit._commit(S.RUNNING, event="service.started", data=data, also=also,
                        desired=DesiredState.RUNNING, handle=handle, listen_port=port,
                        started_at=now, attempt=0, restart_count=0, next_restart_at=None,
                        cwd=rep.cwd, command=rep.command, release_id=rep.release_id,
-                       run_env=dict(rep.run_env),
+                       run_env=dict(rep.run_env), image=rep.image or r.image,
                        pending_run={"retiring": old.handle.to_json()} if old else None)
     unit._watch_run(unit._gen, handle)
     log.info("service_switched", service_id=r.id, release_id=rep.release_id, pid=handle.pid,
@@ -342,6 +353,21 @@ async def _abandon(unit: ServiceUnit, handle: Handle | None, serving: bool, stop
 def _replaced(unit: ServiceUnit, status: ExitStatus, old: _Old) -> ExitRecord:
     return ExitRecord(exited_at=unit._ctx.clock.time(), status=status, reason="replaced",
                       started_at=old.started_at)
+
+
+def _switch_writer(service_id: str, rep: Replacement, now: float) -> Callable[[Tx], None] | None:
+    """What the switch's transaction writes besides the run: the env snapshot of a rollback,
+    the image a container runs."""
+    if not rep.restore_env and not rep.image:
+        return None
+
+    def write(tx: Tx) -> None:
+        if rep.restore_env:
+            _env_writer(service_id, rep.env, now)(tx)
+        if rep.image:
+            tx.execute("UPDATE services SET image_id = ? WHERE id = ?", (rep.image, service_id))
+
+    return write
 
 
 def _env_writer(service_id: str, env: Mapping[str, str], now: float) -> Callable[[Tx], None]:

@@ -31,7 +31,7 @@ from agent.logs.manager import LogManager
 from agent.store import Database, Tx
 from agent.supervisor import procfs
 from agent.supervisor.build import build_local
-from agent.supervisor.health import HealthState, judge, probe
+from agent.supervisor.health import CONTAINER_HOLD, HealthState, judge, probe
 from agent.supervisor.runtime import (
     ExitStatus,
     Handle,
@@ -446,7 +446,8 @@ class ServiceUnit:
             # A container is reached only at its published port, whatever check.port says.
             own = check.port if self.r.runtime != "docker" else None
             port = own or self.r.listen_port or 0
-            result = await probe(check, port)
+            result = await probe(check, port,
+                                 hold=CONTAINER_HOLD if self.r.runtime == "docker" else 0.0)
             async with self._lock:
                 if gen != self._gen:
                     return

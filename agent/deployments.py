@@ -33,17 +33,15 @@ from agent.supervisor.health import HealthCheck
 from agent.supervisor.manager import Supervisor
 from agent.supervisor.policy import RestartPolicy
 
-__all__ = ["Deployment", "DeploymentService", "LocalDeployment", "resolve_local_path"]
+__all__ = ["AppSettings", "Deployment", "DeploymentService", "LocalDeployment", "resolve_local_path"]
 
 
-@dataclass(frozen=True, slots=True)
-class LocalDeployment:
-    """What a user asks for to run an app from a local directory."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppSettings:
+    """How any deployment's app runs, whatever its source: keyword-only, so that each source
+    adds its own fields around these."""
 
     name: str
-    path: str
-    run_cmd: str
-    build_cmd: str | None = None
     port: int | None = None
     fixed_port: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
@@ -52,6 +50,15 @@ class LocalDeployment:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     stop_signal: str = "SIGTERM"
     stop_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalDeployment(AppSettings):
+    """What a user asks for to run an app from a local directory."""
+
+    path: str
+    run_cmd: str
+    build_cmd: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,11 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Row", "Section", "machine", "render_rows", "replace_block", "versions"]
+__all__ = ["Row", "Section", "machine", "render_rows", "replace_block", "run_module", "versions"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ class Section:
     rows: list[Row] = field(default_factory=list)
     detail: str = ""
     error: str = ""
+
+
+def run_module(collect: Callable[[list[str]], Section], argv: list[str] | None = None) -> int:
+    """A benchmark module's ``main``: collect (arguments from the command line unless given),
+    then print the details and the rows."""
+    section = collect(sys.argv[1:] if argv is None else argv)
+    print(section.detail)
+    print(render_rows(section.rows))
+    return 0
 
 
 def fmt_ratio(ratio: float | None) -> str:

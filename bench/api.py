@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench._report import Row, Section, render_rows
+from bench._report import Row, Section, run_module
 
 HELLO_SERVER = textwrap.dedent("""
     import sys
@@ -310,10 +310,7 @@ def collect(argv: list[str] | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    section = collect(sys.argv[1:] if argv is None else argv)
-    print(section.detail)
-    print(render_rows(section.rows))
-    return 0
+    return run_module(collect, argv)
 
 
 if __name__ == "__main__":

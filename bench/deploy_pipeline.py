@@ -34,7 +34,7 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._report import Row, Section, render_rows
+from bench._report import Row, Section, run_module
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -192,10 +192,7 @@ def collect(argv: list[str] | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    section = collect(sys.argv[1:] if argv is None else argv)
-    print(section.detail)
-    print(render_rows(section.rows))
-    return 0
+    return run_module(collect, argv)
 
 
 if __name__ == "__main__":

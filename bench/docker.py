@@ -31,7 +31,7 @@ from typing import Any
 
 import docker
 
-from bench._report import Row, Section, render_rows
+from bench._report import Row, Section, run_module
 from bench.supervise import Agent, free_port, pct, wait_for
 
 IMAGE = "dployr-test/busybox:latest"
@@ -197,10 +197,7 @@ def collect(argv: list[str] | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    section = collect(argv)
-    print(section.detail)
-    print(render_rows(section.rows))
-    return 0
+    return run_module(collect, argv)
 
 
 if __name__ == "__main__":

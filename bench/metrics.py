@@ -39,7 +39,7 @@ import psutil
 
 if __package__ in (None, ""):  # run as a script (as its own child processes are)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._report import Row, Section, render_rows
+from bench._report import Row, Section, run_module
 
 HERE = Path(__file__).resolve().parent
 ADMIN_EMAIL = "bench@example.com"
@@ -355,10 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.port, args.pids)
         return 0
-    section = collect(sys.argv[1:] if argv is None else argv)
-    print(section.detail)
-    print(render_rows(section.rows))
-    return 0
+    return run_module(collect, argv)
 
 
 if __name__ == "__main__":

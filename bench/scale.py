@@ -41,7 +41,7 @@ import aiohttp
 
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._report import Row, Section, render_rows
+from bench._report import Row, Section, run_module
 from bench.supervise import STAMPED, Agent, pct, wait_for
 
 QUICK_ARGS = ["--requests", "200", "--idle", "5", "--follow-seconds", "4"]
@@ -296,10 +296,7 @@ def collect(argv: list[str] | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    section = collect(sys.argv[1:] if argv is None else argv)
-    print(section.detail)
-    print(render_rows(section.rows))
-    return 0
+    return run_module(collect, argv)
 
 
 if __name__ == "__main__":

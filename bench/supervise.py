@@ -37,7 +37,7 @@ from typing import Any
 
 import psutil
 
-from bench._report import Row, Section, render_rows
+from bench._report import Row, Section, run_module
 
 PYTHON = sys.executable
 # The bench extra's supervisord (next to this interpreter), else the system's.
@@ -526,10 +526,7 @@ def collect(argv: list[str] | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    section = collect(sys.argv[1:] if argv is None else argv)
-    print(section.detail)
-    print(render_rows(section.rows))
-    return 0
+    return run_module(collect, argv)
 
 
 if __name__ == "__main__":

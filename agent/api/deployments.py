@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from agent.api.deployment_schemas import (
@@ -26,13 +28,32 @@ from agent.errors import Forbidden, InvalidRequest
 from agent.keys import CONFIG_KEY, DEPLOYMENTS_KEY, IMAGES_KEY, REMOTE_DEPLOYMENTS_KEY
 from agent.supervisor.policy import RestartPolicy
 
-__all__ = ["routes"]
+__all__ = ["accepted", "routes"]
 
 routes = EndpointTable("deployments")
 
 _NOT_NULL = ("runtime", "remote", "branch", "fixed_port", "restart", "stop_signal",
              "stop_timeout", "env")
 _IMAGE_FIELDS = ("image", "memory", "cpus")
+
+
+def _reject(body: DeploymentCreate, names: tuple[str, ...], source: str) -> None:
+    """400 naming the first of ``names`` given: fields of another source."""
+    for name in names:
+        if getattr(body, name) is not None:
+            raise InvalidRequest(f"Unexpected {name}", field=name,
+                                 issue=f"Not used with source '{source}'")
+
+
+def _settings(body: DeploymentCreate) -> dict[str, Any]:
+    """The fields every source shares (``AppSettings``), checked and in domain types."""
+    if body.fixed_port and body.port is None:
+        raise InvalidRequest("Missing port", field="port", issue="Required with fixed_port")
+    return {"name": body.name, "port": body.port, "fixed_port": body.fixed_port, "env": body.env,
+            "project_id": body.project_id,
+            "health_check": body.health_check.to_domain() if body.health_check else None,
+            "restart": body.restart.to_domain() if body.restart else RestartPolicy(),
+            "stop_signal": body.stop_signal, "stop_timeout": body.stop_timeout}
 
 
 def _image(body: DeploymentCreate) -> ImageDeployment:
@@ -42,18 +63,9 @@ def _image(body: DeploymentCreate) -> ImageDeployment:
     if body.runtime not in (None, "docker"):
         raise InvalidRequest("Unsupported runtime", field="runtime",
                              issue="An image runs in Docker: omit runtime or use 'docker'")
-    for name in ("path", "remote", "branch", "build_cmd", "version", "credentials"):
-        if getattr(body, name) is not None:
-            raise InvalidRequest(f"Unexpected {name}", field=name,
-                                 issue="Not used with source 'image'")
-    if body.fixed_port and body.port is None:
-        raise InvalidRequest("Missing port", field="port", issue="Required with fixed_port")
+    _reject(body, ("path", "remote", "branch", "build_cmd", "version", "credentials"), "image")
     return ImageDeployment(
-        name=body.name, image=body.image, run_cmd=body.run_cmd, port=body.port,
-        fixed_port=body.fixed_port, env=body.env, project_id=body.project_id,
-        health_check=body.health_check.to_domain() if body.health_check else None,
-        restart=body.restart.to_domain() if body.restart else RestartPolicy(),
-        stop_signal=body.stop_signal, stop_timeout=body.stop_timeout,
+        **_settings(body), image=body.image, run_cmd=body.run_cmd,
         memory=parse_memory(body.memory) if body.memory is not None else None,
         cpus=check_cpus(body.cpus) if body.cpus is not None else None)
 
@@ -68,26 +80,15 @@ def _local(body: DeploymentCreate) -> LocalDeployment:
     if body.run_cmd is None:
         raise InvalidRequest("Missing run_cmd", field="run_cmd",
                              issue="Required for source 'local'")
-    if body.fixed_port and body.port is None:
-        raise InvalidRequest("Missing port", field="port", issue="Required with fixed_port")
-    for name in ("runtime", "version", "remote", "branch", "credentials", "image"):
-        if getattr(body, name) is not None:
-            raise InvalidRequest(f"Unexpected {name}", field=name,
-                                 issue="Not used with source 'local'")
-    return LocalDeployment(
-        name=body.name, path=body.path, run_cmd=body.run_cmd, build_cmd=body.build_cmd,
-        port=body.port, fixed_port=body.fixed_port, env=body.env, project_id=body.project_id,
-        health_check=body.health_check.to_domain() if body.health_check else None,
-        restart=body.restart.to_domain() if body.restart else RestartPolicy(),
-        stop_signal=body.stop_signal, stop_timeout=body.stop_timeout)
+    settings = _settings(body)
+    _reject(body, ("runtime", "version", "remote", "branch", "credentials", "image"), "local")
+    return LocalDeployment(**settings, path=body.path, run_cmd=body.run_cmd,
+                           build_cmd=body.build_cmd)
 
 
 def _remote(body: DeploymentCreate, default_runtime: str) -> RemoteDeployment:
     """``runtime`` omitted: ``docker`` when ``[runtime] default = "docker"``, else a 400."""
-    for name in ("path", "image", "memory", "cpus"):
-        if getattr(body, name) is not None:
-            raise InvalidRequest(f"Unexpected {name}", field=name,
-                                 issue="Not used with source 'remote'")
+    _reject(body, ("path", "image", "memory", "cpus"), "remote")
     runtime = body.runtime or (default_runtime if default_runtime == "docker" else None)
     if runtime is None:
         raise InvalidRequest("Missing runtime", field="runtime",
@@ -97,12 +98,8 @@ def _remote(body: DeploymentCreate, default_runtime: str) -> RemoteDeployment:
         raise InvalidRequest("Missing remote", field="remote",
                              issue="Required for source 'remote': a git URL")
     return RemoteDeployment(
-        name=body.name, runtime=runtime, remote=body.remote, version=body.version or "",
+        **_settings(body), runtime=runtime, remote=body.remote, version=body.version or "",
         branch=body.branch or "main", build_cmd=body.build_cmd, run_cmd=body.run_cmd,
-        port=body.port, fixed_port=body.fixed_port, env=body.env, project_id=body.project_id,
-        health_check=body.health_check.to_domain() if body.health_check else None,
-        restart=body.restart.to_domain() if body.restart else RestartPolicy(),
-        stop_signal=body.stop_signal, stop_timeout=body.stop_timeout,
         credentials=body.credentials.to_domain() if body.credentials else None)
 
 
@@ -124,7 +121,7 @@ async def create_deployment(request: web.Request, body: DeploymentCreate) -> web
     if body.source == "remote":
         default = request.app[CONFIG_KEY].runtime.default
         deployment_id = await request.app[REMOTE_DEPLOYMENTS_KEY].create(_remote(body, default))
-        return _accepted(request, Deployment.of(deployments.get(deployment_id)))
+        return accepted(request, Deployment.of(deployments.get(deployment_id)))
     if body.source == "image":
         return json_response(Deployment.of(await request.app[IMAGES_KEY].create(_image(body))),
                              201)
@@ -135,7 +132,8 @@ async def create_deployment(request: web.Request, body: DeploymentCreate) -> web
     return json_response(Deployment.of(await deployments.create_local(_local(body))), 201)
 
 
-def _accepted(request: web.Request, deployment: Deployment) -> web.Response:
+def accepted(request: web.Request, deployment: Deployment) -> web.Response:
+    """202 with the deployment and its ``Location``: a deploy was queued."""
     response = json_response(deployment, 202)
     response.headers["Location"] = f"/v1/deployments/{deployment.id}"
     return response
@@ -193,7 +191,7 @@ async def update_deployment(request: web.Request, body: DeploymentUpdateIn) -> w
         credentials=body.credentials.to_domain() if body.credentials else None,
         credentials_given="credentials" in given)
     await request.app[REMOTE_DEPLOYMENTS_KEY].update(current.id, change)
-    return _accepted(request, Deployment.of(deployments.get(current.id)))
+    return accepted(request, Deployment.of(deployments.get(current.id)))
 
 
 def _image_change(body: DeploymentUpdateIn, given: set[str]) -> ImageUpdate:

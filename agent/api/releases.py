@@ -13,6 +13,7 @@ from agent.api.deployment_schemas import (
     ReleasePage,
     RollbackIn,
 )
+from agent.api.deployments import accepted
 from agent.api.logs import choose_format, respond_with_log
 from agent.api.routing import EndpointTable, json_response
 from agent.docker.releases import ImageRelease
@@ -68,9 +69,7 @@ async def rollback(request: web.Request, body: RollbackIn) -> web.StreamResponse
         rolled = await request.app[IMAGES_KEY].rollback(deployment.id, body.release_id)
         return json_response(Deployment.of(rolled), 200)
     await request.app[REMOTE_DEPLOYMENTS_KEY].rollback(deployment.id, body.release_id)
-    response = json_response(Deployment.of(deployments.get(deployment.id)), 202)
-    response.headers["Location"] = f"/v1/deployments/{deployment.id}"
-    return response
+    return accepted(request, Deployment.of(deployments.get(deployment.id)))
 
 
 @routes.get("/v1/deployments/{id}/logs", summary="Tail or follow a deployment's log",

@@ -51,6 +51,7 @@ from agent.deploy.pipeline import DeployRun
 from agent.deploy.releases import Release
 from agent.deploy.remote import GitCredentials, Remote, validate_remote
 from agent.deploy.toolchains import RUNTIMES, validate_version
+from agent.deployments import AppSettings
 from agent.env import EnvService, validate_env
 from agent.errors import Conflict, InvalidRequest, NotFound
 from agent.ids import new_id
@@ -68,25 +69,16 @@ UPDATABLE = ("runtime", "version", "remote", "branch", "build_cmd", "run_cmd", "
              "fixed_port", "health_check", "restart", "stop_signal", "stop_timeout", "project_id")
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteDeployment:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteDeployment(AppSettings):
     """What a user asks for to deploy an app from a git remote."""
 
-    name: str
     runtime: str
     remote: str
     version: str = ""
     branch: str = "main"
     build_cmd: str | None = None
     run_cmd: str | None = None
-    port: int | None = None
-    fixed_port: bool = False
-    env: Mapping[str, str] = field(default_factory=dict)
-    project_id: str | None = None
-    health_check: HealthCheck | None = None
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
-    stop_signal: str = "SIGTERM"
-    stop_timeout: float = 10.0
     credentials: GitCredentials | None = None
 
 

@@ -27,7 +27,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -35,16 +35,14 @@ import structlog
 
 from agent.clock import Clock
 from agent.config import DeployConfig, DockerConfig, ServicesConfig
-from agent.deployments import Deployment, DeploymentService
+from agent.deployments import AppSettings, Deployment, DeploymentService
 from agent.docker.engine import DockerEngine
 from agent.docker.images import ImageMissing, release_tag, resolve_image, validate_reference
 from agent.env import EnvService, validate_env
 from agent.errors import BadGateway, Conflict, InvalidRequest, NotFound, RuntimeUnavailable
 from agent.ids import new_id
 from agent.store import Database, Tx
-from agent.supervisor.health import HealthCheck
 from agent.supervisor.manager import Supervisor
-from agent.supervisor.policy import RestartPolicy
 from agent.supervisor.states import DesiredState
 
 __all__ = ["ImageDeployment", "ImageDeployments", "ImageRelease", "ImageUpdate"]
@@ -52,21 +50,12 @@ __all__ = ["ImageDeployment", "ImageDeployments", "ImageRelease", "ImageUpdate"]
 log = structlog.get_logger("agent.docker.releases")
 
 
-@dataclass(frozen=True, slots=True)
-class ImageDeployment:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageDeployment(AppSettings):
     """What a user asks for to run an image. ``memory`` in bytes, ``cpus`` in CPUs."""
 
-    name: str
     image: str
     run_cmd: str | None = None
-    port: int | None = None
-    fixed_port: bool = False
-    env: Mapping[str, str] = field(default_factory=dict)
-    project_id: str | None = None
-    health_check: HealthCheck | None = None
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
-    stop_signal: str = "SIGTERM"
-    stop_timeout: float = 10.0
     memory: int | None = None
     cpus: float | None = None
 

@@ -332,7 +332,7 @@ class Pipeline:
             raise
         except Exception as exc:
             log.error("deploy_internal_error", run_id=run.id, stage=str(run.status),
-                      error_type=type(exc).__name__, **_os_error_fields(exc))
+                      exc_info=exc, **_os_error_fields(exc))
             if not run.finished:
                 await self._fail_logged(run, dlog, f"Internal error while {run.status} "
                                         f"({type(exc).__name__}); see the agent log", None, "internal_error")

@@ -2,8 +2,13 @@
 
 asyncio's ``Process.wait()`` for a child started with ``stdout=PIPE`` waits for the pipe to
 close too, so a grandchild that keeps the pipe open (``cmd &`` in a build) would make it wait
-forever. Here the pipe is made with ``os.pipe()`` and read through ``connect_read_pipe``:
-``wait()`` follows only the child itself, and the caller kills the group and stops reading.
+forever. Here the pipe is made with ``os.pipe()`` and its read end is read on the event loop
+(``add_reader``): ``wait()`` follows only the child itself, and the caller kills the group and
+stops reading. This module owns the read end and closes it exactly once. (It once went
+through ``loop.connect_read_pipe`` with a file object: on uvloop the transport closes the
+descriptor and then the file object closes the same number again, and in a threaded agent
+that second close can hit a descriptor another thread has just opened: a deploy failed with
+EBADF in ``shutil.rmtree``, found by the kill -9 chaos test.)
 
 Unlike an app, a deploy step must not outlive the agent: the child asks the kernel for SIGKILL
 when the agent dies (``PR_SET_PDEATHSIG``), so after a kill -9 no orphaned clone or build goes
@@ -31,15 +36,43 @@ class GroupedProcess:
 
     process: asyncio.subprocess.Process
     output: asyncio.StreamReader
-    transport: asyncio.ReadTransport
+    read_fd: int
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def close(self) -> None:
-        """Stop reading the output (the pipe's read end is closed)."""
-        self.transport.close()
+        """Stop reading the output and close the pipe's read end (once; later calls do
+        nothing)."""
+        if self.read_fd < 0:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.read_fd)
+        os.close(self.read_fd)
+        self.read_fd = -1
+        if not self.output.at_eof():
+            self.output.feed_eof()
+
+
+def _read_into(loop: asyncio.AbstractEventLoop, fd: int, reader: asyncio.StreamReader) -> None:
+    """Feed what arrives on ``fd`` to ``reader`` until the writers are gone (EOF)."""
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            reader.feed_data(data)
+        else:
+            loop.remove_reader(fd)
+            reader.feed_eof()
+
+    loop.add_reader(fd, readable)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -80,9 +113,8 @@ async def spawn_grouped(argv: Sequence[str], *, env: Mapping[str, str],
     finally:
         os.close(write_fd)
     reader = asyncio.StreamReader(limit=1 << 20)
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0))
-    return GroupedProcess(proc, reader, transport)
+    _read_into(loop, read_fd, reader)
+    return GroupedProcess(proc, reader, read_fd)
 
 
 def signal_group(pgid: int, sig: int) -> None:

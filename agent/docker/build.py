@@ -22,14 +22,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import docker
-import requests
 import structlog
-from docker.types.daemon import CancellableStream
 
 from agent.deploy.errors import BuildFailed
 from agent.deploy.logfile import LineSink
 from agent.docker.engine import DockerEngine, EngineDown, describe_failure
+from agent.docker.sdk import docker, requests
 
 __all__ = ["build_image"]
 
@@ -58,7 +56,7 @@ class _Build:
             response = self._response
         if response is not None:
             with contextlib.suppress(Exception):
-                CancellableStream(iter(()), response).close()
+                docker.types.daemon.CancellableStream(iter(()), response).close()
 
     def _capture(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         with self._lock:

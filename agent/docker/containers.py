@@ -19,11 +19,10 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-import docker
 import structlog
-from docker.types import LogConfig
 
 from agent.config import DockerConfig
+from agent.docker.sdk import docker
 from agent.supervisor.runtime import ExitStatus, RunSpec, RuntimeFailure, signal_name
 
 __all__ = [
@@ -74,7 +73,7 @@ def create_container(client: docker.DockerClient, config: DockerConfig, spec: Ru
     cpus = limits.get("cpus")
     host_config = api.create_host_config(
         port_bindings={f"{container_port}/tcp": ("127.0.0.1", listen_port)},
-        log_config=LogConfig(type="json-file",
+        log_config=docker.types.LogConfig(type="json-file",
                              config={"max-size": config.log_max_size,
                                      "max-file": str(config.log_max_file)}),
         restart_policy={"Name": "no"}, init=config.init or None,

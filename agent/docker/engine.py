@@ -31,14 +31,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
-import docker
-import requests
 import structlog
-from docker.transport import unixconn
-from docker.utils import kwargs_from_env
 
 from agent.clock import Clock
 from agent.config import DockerConfig
+from agent.docker.sdk import docker, requests
 from agent.errors import RuntimeUnavailable
 
 __all__ = ["DockerEngine", "EngineDown", "describe_failure"]
@@ -57,7 +54,7 @@ _DEFAULT_HOST = "unix:///var/run/docker.sock"
 def _close_failed_unix_connects() -> None:
     """docker-py 7 leaves the socket of a failed unix connect to the garbage collector (a
     ResourceWarning each time dockerd is down); close it instead. Idempotent."""
-    cls: Any = unixconn.UnixHTTPConnection
+    cls: Any = docker.transport.unixconn.UnixHTTPConnection
     if getattr(cls.connect, "dployr_closes_on_failure", False):
         return
 
@@ -140,7 +137,6 @@ class DockerEngine:
         self._closed = False
         self._last_ok = -1e9    # monotonic time of the last call that reached the engine
         self._pings: set[asyncio.Task[bool]] = set()
-        _close_failed_unix_connects()
 
     # -- state -------------------------------------------------------------------------------
 
@@ -156,7 +152,7 @@ class DockerEngine:
 
     @staticmethod
     def _env_host() -> str:
-        return str(kwargs_from_env().get("base_url") or "")
+        return str(docker.utils.kwargs_from_env().get("base_url") or "")
 
     @property
     def message(self) -> str:
@@ -205,7 +201,7 @@ class DockerEngine:
     # -- the client and calls ----------------------------------------------------------------
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(kwargs_from_env())
+        kwargs: dict[str, Any] = dict(docker.utils.kwargs_from_env())
         if self._config.host:
             kwargs["base_url"] = self._config.host
         kwargs.setdefault("base_url", _DEFAULT_HOST)
@@ -215,6 +211,7 @@ class DockerEngine:
         """The shared client (created on first use). Call only from a worker thread."""
         with self._client_lock:
             if self._client is None:
+                _close_failed_unix_connects()
                 self._client = docker.DockerClient(
                     version=self._config.api_version, timeout=math.ceil(self._config.timeout),
                     max_pool_size=_POOL_SIZE, **self._connect_kwargs())
@@ -222,6 +219,7 @@ class DockerEngine:
 
     def new_api_client(self, *, timeout: float | None = None) -> docker.APIClient:
         """A client of its own (for a build that must be cancellable). Worker thread only."""
+        _close_failed_unix_connects()
         return docker.APIClient(version=self._config.api_version,
                                 timeout=math.ceil(timeout or self._config.timeout),
                                 **self._connect_kwargs())

@@ -19,10 +19,8 @@ import os
 import re
 from typing import Any
 
-import docker
-from docker.utils import parse_repository_tag
-
 from agent.docker.engine import DockerEngine
+from agent.docker.sdk import docker
 from agent.errors import InvalidRequest
 
 __all__ = [
@@ -112,7 +110,7 @@ async def resolve_image(engine: DockerEngine, ref: str, *, limit: float) -> dict
         except docker.errors.ImageNotFound:
             if _IMAGE_ID.fullmatch(ref):
                 raise ImageMissing(f"no image {ref} on this host") from None
-        repository, tag = parse_repository_tag(ref)
+        repository, tag = docker.utils.parse_repository_tag(ref)
         try:
             client.api.pull(repository, tag=tag or "latest")
             return dict(client.api.inspect_image(ref))  # type: ignore[no-untyped-call]

@@ -34,10 +34,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import docker
 import structlog
 
 from agent.docker.engine import describe_failure
+from agent.docker.sdk import docker
 
 __all__ = ["LogForwarder", "Outcome", "Position", "Stream", "parse_timestamp"]
 

@@ -22,7 +22,6 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-import docker
 import structlog
 
 from agent.deploy.errors import BuildFailed
@@ -31,6 +30,7 @@ from agent.deploy.logfile import LineSink
 from agent.deploy.releases import Release
 from agent.docker.build import build_image
 from agent.docker.engine import DockerEngine
+from agent.docker.sdk import docker
 from agent.errors import RuntimeUnavailable
 
 __all__ = ["ReleaseImages"]

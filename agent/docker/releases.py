@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import docker
 import structlog
 
 from agent.clock import Clock
@@ -38,6 +37,7 @@ from agent.config import DeployConfig, DockerConfig, ServicesConfig
 from agent.deployments import AppSettings, Deployment, DeploymentService
 from agent.docker.engine import DockerEngine
 from agent.docker.images import ImageMissing, release_tag, resolve_image, validate_reference
+from agent.docker.sdk import docker
 from agent.env import EnvService, validate_env
 from agent.errors import BadGateway, Conflict, InvalidRequest, NotFound, RuntimeUnavailable
 from agent.ids import new_id

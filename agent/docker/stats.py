@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import docker
 import structlog
 
 from agent.clock import Clock
 from agent.docker.engine import DockerEngine
+from agent.docker.sdk import docker
 from agent.errors import RuntimeUnavailable
 from agent.metrics.cgroup import CgroupReader
 from agent.metrics.sources import ContainerUsageSource, ServiceUsage

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker
 import structlog
 
 from agent.config import DockerConfig
@@ -55,6 +54,7 @@ from agent.docker.containers import (
 from agent.docker.engine import DockerEngine, EngineDown
 from agent.docker.images import ImageMissing, resolve_image
 from agent.docker.logs import LogForwarder, Outcome, Stream
+from agent.docker.sdk import docker
 from agent.docker.stats import DockerStats
 from agent.errors import RuntimeUnavailable
 from agent.supervisor.runtime import (

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"## bench.{name} {' '.join(module_args)}", file=sys.stderr, flush=True)
         try:
             section: Section = module.collect(module_args)
-        except Exception as exc:  # one failed benchmark must not hide the others
+        except (Exception, SystemExit) as exc:  # one failed benchmark must not hide the others
             traceback.print_exc()
             section = Section(name, name, f"python -m bench.{name} {' '.join(module_args)}",
                               error=f"{type(exc).__name__}: {exc}"[:300])

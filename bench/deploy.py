@@ -101,7 +101,7 @@ def wait(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
+            raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(POLL)
 
 
@@ -151,7 +151,7 @@ class Agent:
 
         wait(done, 300, f"deployment {name}")
         if result["status"] != "succeeded":
-            raise SystemExit(f"deploy failed: {result['status_detail']}")
+            raise RuntimeError(f"deploy failed: {result['status_detail']}")
         return result
 
     def stop(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import cast
 
 from agent.proxy.http1 import MAX_HEAD, Head, UpstreamError, parse_head
 
@@ -58,8 +59,9 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports implement asyncio.Transport
+        # without deriving from it (an assert here failed every proxied request on uvloop).
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -22,9 +22,10 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -69,29 +70,32 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+def _listen_address(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    for item in value:
+        ipaddress.ip_network(item, strict=False)
+    return value
+
+
+#: ``host:port`` (see ``parse_listen``); a list of IP networks (``10.0.0.0/8``, ``::1``).
+ListenAddress = Annotated[str, AfterValidator(_listen_address)]
+Networks = Annotated[tuple[str, ...], AfterValidator(_networks)]
+
+
 class ServerConfig(_Section):
     """The API listener."""
 
-    listen: str = "127.0.0.1:7879"
-    trusted_proxies: tuple[str, ...] = ()
+    listen: ListenAddress = "127.0.0.1:7879"
+    trusted_proxies: Networks = ()
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     shutdown_timeout: float = Field(default=10.0, gt=0, le=300)
     keepalive_timeout: float = Field(default=75.0, gt=0, le=3600)
     header_timeout: float = Field(default=10.0, gt=0, le=3600)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_listen(value)
-        return value
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            ipaddress.ip_network(item, strict=False)
-        return value
 
 
 class StateConfig(_Section):
@@ -234,7 +238,7 @@ class MetricsConfig(_Section):
     history: str = "24h"
     history_resolution: str = "1m"
     token: str = ""
-    allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    allow: Networks = ("127.0.0.1/32", "::1/128")
     disk_degraded_percent: float = Field(default=90.0, gt=0, le=100)
     detect_runtimes: bool = True
 
@@ -249,13 +253,6 @@ class MetricsConfig(_Section):
     def _check_token(cls, value: str) -> str:
         if value and len(value) < 16:
             raise ValueError("a metrics token needs at least 16 characters")
-        return value
-
-    @field_validator("allow")
-    @classmethod
-    def _check_allow(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            ipaddress.ip_network(item, strict=False)
         return value
 
     @model_validator(mode="after")
@@ -328,8 +325,8 @@ class ProxyConfig(_Section):
     """Proxy routes: which reverse proxy serves them and how it reaches the apps."""
 
     backend: Literal["builtin", "caddy"] = "builtin"
-    listen: str = "127.0.0.1:8080"
-    trusted_proxies: tuple[str, ...] = ()
+    listen: ListenAddress = "127.0.0.1:8080"
+    trusted_proxies: Networks = ()
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
     read_timeout: float = Field(default=60.0, gt=0, le=86_400)
     max_connections_per_upstream: int = Field(default=256, ge=0, le=100_000)
@@ -344,12 +341,6 @@ class ProxyConfig(_Section):
     acme_email: str = Field(default="", max_length=254)
     acme_staging: bool = False
 
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_listen(value)
-        return value
-
     @field_validator("caddy_listen")
     @classmethod
     def _check_caddy_listen(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -357,13 +348,6 @@ class ProxyConfig(_Section):
             raise ValueError("at least one address is needed")
         for item in value:
             parse_listen(item)
-        return value
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            ipaddress.ip_network(item, strict=False)
         return value
 
     @field_validator("caddy_admin")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -78,14 +79,22 @@ def _read_into(loop: asyncio.AbstractEventLoop, fd: int, reader: asyncio.StreamR
 _PR_SET_PDEATHSIG = 1
 
 
-def _pdeathsig_setter() -> Callable[[], None] | None:
-    """A function for the child, between fork and exec: SIGKILL it when its parent dies.
-    None where prctl is not available (not Linux)."""
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl (looked up once), or None where there is none (not Linux)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
+        return None
+
+
+def _pdeathsig_setter() -> Callable[[], None] | None:
+    """A function for the child, between fork and exec: SIGKILL it when its parent dies.
+    None where prctl is not available."""
+    prctl = _prctl()
+    if prctl is None:
         return None
     parent = os.getpid()
 

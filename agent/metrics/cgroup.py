@@ -18,6 +18,21 @@ _UNLIMITED_V1 = 1 << 60  # v1 reports "no limit" as a huge page-aligned number
 
 
 @dataclass(frozen=True, slots=True)
+class _MemoryFiles:
+    """Where one cgroup version keeps a group's memory limit and usage."""
+
+    limit: str
+    usage: str
+    inactive: str      # the memory.stat key of inactive file cache
+    unlimited: float   # a limit at or above this means none
+
+
+_V2 = _MemoryFiles("memory.max", "memory.current", "inactive_file", float("inf"))
+_V1 = _MemoryFiles("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file",
+                   _UNLIMITED_V1)
+
+
+@dataclass(frozen=True, slots=True)
 class CgroupMemory:
     """The effective memory limit and the memory in use in the agent's cgroup, in bytes.
 
@@ -84,39 +99,28 @@ class CgroupReader:
         """The agent's cgroup memory limit and usage, or None when no limit is set."""
         v2, v1 = self._paths()
         if v1 is not None and (self._root / "memory").is_dir():
-            found = self._memory_v1(self._root / "memory", v1)
+            found = self._memory(self._root / "memory", v1, _V1)
             if found is not None:
                 return found
         if v2 is not None and (self._root / "cgroup.controllers").exists():
-            return self._memory_v2(self._root, v2)
+            return self._memory(self._root, v2, _V2)
         return None
 
-    def _memory_v2(self, root: Path, path: str) -> CgroupMemory | None:
+    @staticmethod
+    def _memory(root: Path, path: str, files: _MemoryFiles) -> CgroupMemory | None:
+        """The lowest limit on the way from ``root`` down to ``path``, and the usage (less
+        inactive file cache) of the deepest group that reports it."""
         limit, own = None, None
         for directory in _ancestors(root, path):
-            value = _read_int(directory / "memory.max")  # "max" reads as None
-            if value is not None and (limit is None or value < limit):
+            value = _read_int(directory / files.limit)  # v2's "max" reads as None
+            if value is not None and value < files.unlimited and (limit is None or value < limit):
                 limit = value
-            if own is None and (directory / "memory.current").exists():
+            if own is None and (directory / files.usage).exists():
                 own = directory
         if limit is None or own is None:
             return None
-        usage = _read_int(own / "memory.current") or 0
-        inactive = _stat_value(own / "memory.stat", "inactive_file")
-        return CgroupMemory(limit=limit, used=max(0, usage - inactive))
-
-    def _memory_v1(self, root: Path, path: str) -> CgroupMemory | None:
-        limit, own = None, None
-        for directory in _ancestors(root, path):
-            value = _read_int(directory / "memory.limit_in_bytes")
-            if value is not None and value < _UNLIMITED_V1 and (limit is None or value < limit):
-                limit = value
-            if own is None and (directory / "memory.usage_in_bytes").exists():
-                own = directory
-        if limit is None or own is None:
-            return None
-        usage = _read_int(own / "memory.usage_in_bytes") or 0
-        inactive = _stat_value(own / "memory.stat", "total_inactive_file")
+        usage = _read_int(own / files.usage) or 0
+        inactive = _stat_value(own / "memory.stat", files.inactive)
         return CgroupMemory(limit=limit, used=max(0, usage - inactive))
 
     def container_pids(self, container_id: str) -> list[int] | None:

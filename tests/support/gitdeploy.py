@@ -3,8 +3,13 @@ under ``aiohttp_client`` whose proxy serves them, and shortcuts to drive and wat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import textwrap
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +194,40 @@ def remote_body(name: str, remote: str, **extra: Any) -> dict[str, Any]:
     body.update(extra)
     return body
 
+
+@dataclass
+class Traffic:
+    """What clients looping requests saw: answers counted by the first word of their body
+    (the app's version), and every failure (a non-200 or a client error)."""
+
+    seen: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def traffic(url: str, host: str, *, clients: int = 2) -> AsyncIterator[Traffic]:
+    """``clients`` keep-alive clients request ``url`` with ``Host: host`` in a loop for the
+    duration of the block."""
+    seen = Traffic()
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                try:
+                    async with session.get(url, headers={"Host": host}) as resp:
+                        body = await resp.text()
+                        if resp.status != 200:
+                            seen.failures.append(f"{resp.status} {body[:200]}")
+                        else:
+                            seen.seen[body.split()[0] if body.split() else ""] += 1
+                except aiohttp.ClientError as exc:
+                    seen.failures.append(repr(exc))
+
+    tasks = [asyncio.create_task(loop()) for _ in range(clients)]
+    try:
+        yield seen
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks)

@@ -5,7 +5,6 @@ back without a build, pruned and deleted with their image tags."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from tests.conftest import bearer, login
 from tests.support.agent import eventually
 from tests.support.docker import BASE_IMAGE, cleanup, docker, need_docker
 from tests.support.git import GitDaemon, GitRepo
-from tests.support.gitdeploy import Deployer
+from tests.support.gitdeploy import Deployer, traffic
 
 #: The app's start script: logs a line, serves /www with busybox httpd on $PORT (each request
 #: logged to stderr) after a second (Docker's proxy accepts connections on the published port
@@ -141,26 +140,7 @@ async def test_redeploys_switch_under_load_and_rollback_runs_the_old_image(
     await deployer.route("swap.test", dep["service_id"])
     shas = [repo.head()]
     images = [dep["image_id"]]
-    seen: dict[str, int] = {}
-    failures: list[str] = []
-    stop = asyncio.Event()
-
-    async def loop() -> None:
-        async with aiohttp.ClientSession() as session:
-            while not stop.is_set():
-                try:
-                    async with session.get(deployer.proxy_url + "/",
-                                           headers={"Host": "swap.test"}) as resp:
-                        body = (await resp.text()).strip()
-                        if resp.status != 200:
-                            failures.append(f"{resp.status} {body[:200]}")
-                        else:
-                            seen[body] = seen.get(body, 0) + 1
-                except aiohttp.ClientError as exc:
-                    failures.append(repr(exc))
-
-    tasks = [asyncio.create_task(loop()) for _ in range(2)]
-    try:
+    async with traffic(deployer.proxy_url + "/", "swap.test") as load:
         for n in (1, 2):
             shas.append(repo.commit({"index.html": f"v{n}\n"}))
             done = await deployer.redeploy("swap")
@@ -168,10 +148,7 @@ async def test_redeploys_switch_under_load_and_rollback_runs_the_old_image(
             assert done["commit"] == shas[n]
             images.append(done["image_id"])
             assert (await deployer.via_proxy("swap.test"))[1] == f"v{n}\n"
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks)
+    seen, failures = load.seen, load.failures
     assert failures == []
     assert {"v1", "v2"} <= set(seen) <= {"v0", "v1", "v2"} and sum(seen.values()) > 20, seen
     assert len(set(images)) == 3

@@ -196,8 +196,9 @@ async def update_deployment(request: web.Request, body: DeploymentUpdateIn) -> w
 
 def _image_change(body: DeploymentUpdateIn, given: set[str]) -> ImageUpdate:
     """A PUT on an image deployment: a new image, env, limits (null removes a limit)."""
-    for name in sorted(given - {*_IMAGE_FIELDS, "env"}):
-        raise InvalidRequest(f"Unexpected {name}", field=name,
+    unexpected = sorted(given - {*_IMAGE_FIELDS, "env"})
+    if unexpected:
+        raise InvalidRequest(f"Unexpected {unexpected[0]}", field=unexpected[0],
                              issue="An image deployment's PUT changes image, env, memory "
                                    "and cpus")
     if "image" in given and body.image is None:

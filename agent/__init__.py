@@ -1,10 +1,7 @@
-"""dployr-agent: the dployr v1 API on one server, running apps as processes or containers."""
+"""dployr-agent: the dployr v1 API on one server, running apps as supervised processes or containers."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("dployr-agent")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+# The package's version: pyproject.toml reads it from here (setuptools dynamic version), so the
+# agent never needs importlib.metadata (and its zipfile and email imports) at run time.
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

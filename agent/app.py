@@ -37,7 +37,7 @@ from agent.api import scrape as scrape_api
 from agent.api import service_metrics as service_metrics_api
 from agent.api import services as services_api
 from agent.api import webhooks as webhooks_api
-from agent.api.middleware import add_standard_headers, make_api_middleware
+from agent.api.middleware import make_api_middleware
 from agent.api.openapi import build_openapi
 from agent.api.routing import Endpoint, EndpointTable, add_endpoints
 from agent.auth import AuthService, PasswordHasher
@@ -189,7 +189,6 @@ def create_app(config: AgentConfig, *, clock: Clock | None = None,
         app, auth=app[AUTH_KEY], limits=app[RATE_LIMITS_KEY],
         trusted_proxies=config.server.trusted_proxies, metrics=app[AGENT_METRICS_KEY],
         access_log=config.logging.access_log))
-    app.on_response_prepare.append(add_standard_headers)
 
     app.cleanup_ctx.append(life.store_ctx)
     app.cleanup_ctx.append(life.admin_ctx(admin or AdminSeed()))

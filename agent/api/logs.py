@@ -22,6 +22,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import Field
 
+from agent.api.middleware import prepare_stream
 from agent.api.routing import EndpointTable
 from agent.api.schemas import QueryModel
 from agent.errors import InvalidRequest
@@ -125,7 +126,7 @@ async def respond_with_log(request: web.Request, *, source: LogSource, key: str,
     response = web.StreamResponse(headers={"Content-Type": _CONTENT_TYPES[fmt] + (
         "; charset=utf-8" if fmt == "text" else ""), "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})
-    await response.prepare(request)
+    await prepare_stream(request, response)
     try:
         if resume is not None:
             start = resume

@@ -6,9 +6,11 @@ auth service, the limiters, the endpoint table, the metrics, the access log sett
 request costs no ``app[...]`` lookups; what it learns about each route (the endpoint, the
 route pattern, its metric series) is computed on the route's first request and kept.
 
-The standard headers (X-Request-ID, X-RateLimit-*, Server) are added in
-``on_response_prepare`` (``add_standard_headers``) because streamed responses are prepared by
-their handlers, before the middleware sees them.
+The standard headers (X-Request-ID, X-RateLimit-*, Server) are stamped by the middleware on
+the response the handler returns, on error responses and on raised HTTP exceptions. A handler
+that streams prepares its response through ``prepare_stream``, which stamps it first. (An
+``on_response_prepare`` signal would do the same for every response, but costs about 5% of a
+small request's time, for the one streaming endpoint that needs it.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 import secrets
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -47,7 +49,7 @@ from agent.keys import PRINCIPAL_KEY, REQUEST_ID_KEY
 from agent.metrics.prometheus import AgentMetrics, RequestSeries
 from agent.ratelimit import Decision, RateLimits
 
-__all__ = ["add_standard_headers", "client_address", "make_api_middleware"]
+__all__ = ["client_address", "make_api_middleware", "prepare_stream"]
 
 log = structlog.get_logger("agent.api")
 
@@ -252,11 +254,17 @@ def make_api_middleware(app: web.Application, *, auth: AuthService, limits: Rate
                     raise
             else:
                 status = response.status
+                if not response.prepared:
+                    _stamp(response.headers, exchange, status)
                 return response
             status = error.status
-            return _error_response(error)
+            response = _error_response(error)
+            _stamp(response.headers, exchange, status)
+            return response
         except web.HTTPException as exc:  # a redirect, or an error inside a started stream
             status = exc.status
+            if not exchange.started:
+                _stamp(exc.headers, exchange, status)
             raise
         except asyncio.CancelledError:
             status = 499  # the client went away
@@ -329,21 +337,25 @@ def _log_access(request: web.Request, info: _RouteInfo, status: int, elapsed: fl
                  status=status, duration_ms=round(elapsed * 1000, 2), principal=principal_id)
 
 
-async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: X-Request-ID and X-RateLimit-* on every response."""
-    headers = response.headers
+async def prepare_stream(request: web.Request, response: web.StreamResponse) -> None:
+    """Prepare a response a handler streams itself, with the standard headers on it. After
+    this, an error can no longer become an envelope: the status line has been sent."""
+    exchange = request.get(_EXCHANGE_KEY)
+    if exchange is not None:
+        _stamp(response.headers, exchange, response.status)
+        exchange.started = True
+    await response.prepare(request)
+
+
+def _stamp(headers: MutableMapping[str, str], exchange: _Exchange, status: int) -> None:
+    """X-Request-ID, X-RateLimit-* (and Retry-After on a 429) and Server on one response."""
     # Replaces aiohttp's default ("Python/3.x aiohttp/3.x"): no versions for scanners.
     headers["Server"] = "dployr-agent"
-    try:
-        exchange = request[_EXCHANGE_KEY]
-    except KeyError:  # a request the middleware never saw
-        return
-    exchange.started = True
     headers["X-Request-ID"] = exchange.request_id
     decision = exchange.decision
     if decision is not None:
         headers["X-RateLimit-Limit"] = str(decision.limit)
         headers["X-RateLimit-Remaining"] = str(decision.remaining)
         headers["X-RateLimit-Reset"] = str(decision.reset_at)
-        if not decision.allowed and response.status == 429:
+        if not decision.allowed and status == 429:
             headers["Retry-After"] = str(decision.retry_after)

@@ -30,10 +30,9 @@ import platform
 import re
 import secrets
 import shutil
-import tarfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
@@ -41,6 +40,9 @@ import structlog
 from agent.deploy.errors import IntegrityMismatch, ProvisioningFailed
 from agent.deploy.logfile import LineSink
 from agent.deploy.toolchains import Toolchain, newest_match, parse_version
+
+if TYPE_CHECKING:
+    import tarfile
 
 __all__ = ["NodeProvisioner", "node_package_name", "safe_extract", "verify_integrity"]
 
@@ -98,6 +100,8 @@ def safe_extract(archive: Path, dest: Path, *, strip: str = "package/",
     Blocking: run it in a thread. On any problem ``ProvisioningFailed`` is raised and ``dest``
     is left for the caller to remove.
     """
+    import tarfile  # only ever needed while provisioning Node.js: not worth its RSS before
+
     dest.mkdir(mode=0o755)
     root = dest.resolve()
     total = 0
@@ -225,6 +229,8 @@ class NodeProvisioner:
         token = secrets.token_hex(6)
         archive = downloads / f"node-{exact}-{token}.tgz"
         staging = final.parent / f".tmp-{exact}-{token}"
+        import tarfile  # see safe_extract
+
         try:
             await self._download(tarball, archive)
             await asyncio.to_thread(verify_integrity, archive, integrity)

@@ -12,7 +12,7 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 __all__ = ["Migration", "MigrationError", "load_migrations", "migrate"]
 
@@ -33,7 +33,9 @@ class Migration:
 def load_migrations() -> list[Migration]:
     """Every migration shipped with the package, in version order; numbers must be unique."""
     found: list[Migration] = []
-    for entry in resources.files("agent.store.sql").iterdir():
+    # A plain directory walk: the package is always installed as files, and importlib.resources
+    # would cost its imports at every start for nothing.
+    for entry in (Path(__file__).parent / "sql").iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))

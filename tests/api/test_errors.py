@@ -222,10 +222,12 @@ async def test_error_after_a_stream_started_truncates_it(aiohttp_client: Any, st
     """A failure mid-stream truncates the stream (no second response inside it), logged safely."""
     import aiohttp
 
+    from agent.api.middleware import prepare_stream
+
     async def stream_then_fail(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
         resp.content_type = "text/plain"
-        await resp.prepare(request)
+        await prepare_stream(request, resp)  # how the agent's streaming handlers start
         await resp.write(b"line 1\n")
         raise RuntimeError("stream-secret-canary")
 

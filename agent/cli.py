@@ -42,6 +42,9 @@ class _StartError(Exception):
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from agent.tls import import_aiohttp
+
+    import_aiohttp()  # first: before anything imports aiohttp (see agent.tls)
     from agent.logconfig import configure_logging, flush_logs
     from agent.store import StoreError
 

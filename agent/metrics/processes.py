@@ -39,7 +39,7 @@ import psutil
 
 from agent.metrics.cgroup import CgroupReader
 from agent.metrics.compute import finite
-from agent.metrics.procfs import KeptFile, StatLine, parse_stat, read_file
+from agent.metrics.procfs import StatLine, parse_stat, read_file
 from agent.metrics.snapshot import ServiceSample
 from agent.metrics.sources import ContainerUsageSource, ServiceProcess, ServiceUsage
 
@@ -47,6 +47,7 @@ __all__ = ["ProcStat", "ProcessTreeSampler", "scan_processes"]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_STAT_SIZE = 4096  # a stat line is a few hundred bytes
 
 
 class ProcStat(NamedTuple):
@@ -126,16 +127,17 @@ def _fd_budget() -> int:
 
 
 class _Proc:
-    """One tracked process: its stat file, the last text read and what it said, the CPU
-    time at the previous sample, and its open descriptors as last counted."""
+    """One tracked process: its stat file (a descriptor kept open, or -1 to open it for
+    each read), the last text read and what it said, the CPU time at the previous sample,
+    and its open descriptors as last counted."""
 
-    __slots__ = ("cpu", "cpu_delta", "data", "file", "files", "files_seq", "line", "path",
+    __slots__ = ("cpu", "cpu_delta", "data", "fd", "files", "files_seq", "line", "path",
                  "pid", "seq")
 
-    def __init__(self, pid: int, path: str, file: KeptFile | None) -> None:
+    def __init__(self, pid: int, path: str, fd: int) -> None:
         self.pid = pid
         self.path = path
-        self.file = file
+        self.fd = fd
         self.data = b""
         self.line: StatLine | None = None
         self.cpu: int | None = None  # CPU ticks at the previous sample (None: no baseline)
@@ -144,24 +146,34 @@ class _Proc:
         self.files_seq = -1
         self.seq = -1  # the sample that last measured it
 
-    def read(self) -> StatLine | None:
-        """The process's stat now, or None if it is gone (or the read failed)."""
-        data = self.file.read() if self.file is not None else read_file(self.path)
-        if data is None or not data:
+    def fetch(self) -> bytes | None:
+        """The stat text now, or None if the process is gone (or the read failed)."""
+        if self.fd < 0:
+            return read_file(self.path, _STAT_SIZE)
+        try:
+            data = os.pread(self.fd, _STAT_SIZE, 0)
+        except OSError:
             return None
-        if data != self.data:  # an idle process reads the same text every time
-            line = parse_stat(data)
-            if line is None:
-                return None
-            if self.line is not None and line.start != self.line.start:
-                self.cpu, self.files_seq = None, -1  # a new process under the old pid
-            self.data, self.line = data, line
-        return self.line
+        if len(data) < _STAT_SIZE:
+            return data or None
+        return read_file(self.path, _STAT_SIZE)  # longer than any stat line seen: read it all
+
+    def update(self, data: bytes) -> StatLine | None:
+        """Parse ``data`` (a text that differs from the last one)."""
+        line = parse_stat(data)
+        if line is None:
+            return None
+        if self.line is not None and line.start != self.line.start:
+            self.cpu, self.files_seq = None, -1  # a new process under the old pid
+        self.data, self.line = data, line
+        return line
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            finally:
+                self.fd = -1
 
 
 class ProcessTreeSampler:
@@ -169,12 +181,14 @@ class ProcessTreeSampler:
 
     The whole process table is scanned when a service or its root pid is new, and at
     least every ``rescan`` seconds; in between, only the known members of each tree are
-    read, so a process spawned since the last scan is counted from the next one.
+    read, so a process spawned since the last scan is counted from the next one. Open
+    descriptors are counted every ``files_every`` samples; at most ``max_open_files`` stat
+    files are kept open (default: a quarter of the descriptor limit, at most 1024).
     """
 
     def __init__(self, *, proc_root: Path = Path("/proc"), cgroups: CgroupReader | None = None,
                  containers: ContainerUsageSource | None = None, rescan: float = 5.0,
-                 files_every: int = 5) -> None:
+                 files_every: int = 5, max_open_files: int | None = None) -> None:
         self._proc_root = str(proc_root)
         self._cgroups = cgroups or CgroupReader()
         self._containers = containers
@@ -182,7 +196,7 @@ class ProcessTreeSampler:
         self._files_every = max(1, files_every)
         self._procs: dict[int, _Proc] = {}  # pid -> the process measured at the last sample
         self._kept = 0  # how many of them keep their stat file open
-        self._budget = _fd_budget()
+        self._budget = _fd_budget() if max_open_files is None else max_open_files
         self._table: dict[int, ProcStat] | None = None
         self._members: dict[str, tuple[int, list[tuple[int, int]]]] = {}  # id -> root, (pid, start)
         self._last: dict[str, ServiceSample] = {}  # id -> the last sample (reused when equal)
@@ -204,9 +218,8 @@ class ProcessTreeSampler:
     def close(self) -> None:
         """Close the stat files kept open."""
         for proc in self._procs.values():
-            proc.close()
+            self._forget(proc)
         self._procs = {}
-        self._kept = 0
 
     def _needs_scan(self, services: Sequence[ServiceProcess], monotonic: float) -> bool:
         if self._last_scan is None or monotonic - self._last_scan >= self._rescan:
@@ -250,10 +263,10 @@ class ProcessTreeSampler:
         samples = []
         last: dict[str, ServiceSample] = {}
         for service in services:
-            sample = self._sample_one(service, table, children, elapsed, measured)
             previous = self._last.get(service.service_id)
-            if previous is not None and previous == sample:
-                sample = previous  # unchanged (an idle service): keep the same objects
+            sample = self._sample_one(service, table, children, elapsed, measured, previous)
+            if sample is not previous and previous is not None and previous == sample:
+                sample = previous  # unchanged: keep the same objects
             last[service.service_id] = sample
             samples.append(sample)
         for pid, proc in self._procs.items():
@@ -267,7 +280,8 @@ class ProcessTreeSampler:
 
     def _sample_one(self, service: ServiceProcess, table: dict[int, ProcStat] | None,
                     children: dict[int, list[int]] | None, elapsed: float,
-                    measured: dict[int, _Proc]) -> ServiceSample:
+                    measured: dict[int, _Proc], previous: ServiceSample | None
+                    ) -> ServiceSample:
         members: list[tuple[int, int]] | None = None
         note = None
         if service.runtime == "docker" and service.container_id:
@@ -287,7 +301,10 @@ class ProcessTreeSampler:
             note = "not running"
         if members is None:
             return ServiceSample(service, None, note)
-        usage, first_alive = self._measure(members, elapsed, measured)
+        last_usage = previous.usage if previous is not None else None
+        usage, first_alive = self._measure(members, elapsed, measured, last_usage)
+        if usage is last_usage and previous is not None and previous.service == service:
+            return previous
         if service.container_id is None and not first_alive:
             # The root (first member) exited: the service is down, even if an orphan
             # of it lives on until the next scan drops it from the tree.
@@ -296,48 +313,65 @@ class ProcessTreeSampler:
             return ServiceSample(service, None, "no process in the container")
         return ServiceSample(service, usage)
 
-    def _proc(self, pid: int, measured: dict[int, _Proc]) -> _Proc:
-        proc = measured.get(pid) or self._procs.get(pid)
-        if proc is None:
-            path = f"{self._proc_root}/{pid}/stat"
-            file = None
-            if self._kept < self._budget:
-                file = KeptFile(path, 1024)
+    def _proc(self, pid: int) -> _Proc:
+        path = f"{self._proc_root}/{pid}/stat"
+        fd = -1
+        if self._kept < self._budget:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 self._kept += 1
-            proc = _Proc(pid, path, file)
-        return proc
+            except OSError:
+                fd = -1
+        return _Proc(pid, path, fd)
 
     def _forget(self, proc: _Proc) -> None:
-        if proc.file is not None:
+        if proc.fd >= 0:
             self._kept -= 1
-        proc.close()
+            proc.close()
 
     def _measure(self, members: Sequence[tuple[int, int]], elapsed: float,
-                 measured: dict[int, _Proc]) -> tuple[ServiceUsage, bool]:
-        """The members' summed usage, and whether the first member (the root) is alive."""
+                 measured: dict[int, _Proc], previous: ServiceUsage | None
+                 ) -> tuple[ServiceUsage, bool]:
+        """The members' summed usage, and whether the first member (the root) is alive.
+
+        ``previous`` (the service's usage at the last sample) is returned as it is when no
+        member changed at all since then (an idle service: nothing to parse or build).
+        """
         cpu_ticks = rss_pages = threads = fds = processes = 0
         first_alive = False
         seq = self._seq
+        changed = previous is None
+        procs = self._procs
         for index, (pid, start) in enumerate(members):
-            proc = self._proc(pid, measured)
-            if proc.seq == seq:
-                line = proc.line  # already measured in this sample (in another tree)
+            proc = measured.get(pid) or procs.get(pid) or self._proc(pid)
+            if proc.seq == seq:  # already measured in this sample (in another tree)
+                line = proc.line
+                changed = True
             else:
-                line = proc.read()
-                if line is None:
+                data = proc.fetch()
+                if data is None:
                     if measured.get(pid) is not proc:
                         self._forget(proc)  # exited
+                    changed = True
                     continue
+                if data == proc.data and proc.seq == seq - 1:
+                    line = proc.line  # the same text as at the last sample: idle
+                else:
+                    line = proc.update(data)
+                    changed = True
+                    if line is None:
+                        continue
             assert line is not None
-            if start >= 0 and line.start != start:
-                continue  # its pid was reused since the tree was scanned
-            if line.state == b"Z":
-                continue  # a zombie holds nothing but its exit status
+            if (start >= 0 and line.start != start) or line.state == b"Z":
+                # Its pid was reused since the tree was scanned, or it is a zombie (which
+                # holds nothing but its exit status).
+                changed = True
+                continue
             if proc.seq != seq:
                 proc.seq = seq
                 used = line.cpu_ticks
                 if proc.cpu is not None:
-                    proc.cpu_delta = max(0, used - proc.cpu)
+                    proc.cpu_delta = used - proc.cpu if used > proc.cpu else 0
                 elif self._last_start_ticks is not None and line.start >= self._last_start_ticks:
                     # Born since the previous sample: all its CPU time falls in the interval.
                     # (One seen for the first time but older has no baseline yet.)
@@ -346,8 +380,10 @@ class ProcessTreeSampler:
                     proc.cpu_delta = 0
                 proc.cpu = used
                 if proc.files_seq < 0 or seq - proc.files_seq >= self._files_every:
-                    proc.files = self._fds(pid)
-                    proc.files_seq = seq
+                    files = self._fds(pid)
+                    if files != proc.files or proc.files_seq < 0:
+                        changed = True
+                    proc.files, proc.files_seq = files, seq
             measured[pid] = proc
             first_alive = first_alive or index == 0
             cpu_ticks += proc.cpu_delta
@@ -355,6 +391,9 @@ class ProcessTreeSampler:
             threads += line.threads
             fds += proc.files
             processes += 1
+        if (not changed and cpu_ticks == 0 and previous is not None
+                and previous.cpu_percent == 0.0 and previous.processes == processes):
+            return previous, first_alive
         cpu = finite(cpu_ticks / _CLOCK_TICKS / elapsed * 100.0) if elapsed > 0 else 0.0
         return ServiceUsage(cpu_percent=round(max(0.0, cpu), 2),
                             rss_bytes=rss_pages * _PAGE_SIZE, threads=threads,

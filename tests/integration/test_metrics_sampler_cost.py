@@ -46,6 +46,7 @@ def _opener() -> subprocess.Popen[bytes]:
     """A child that opens 20 more files and allocates 32 MiB when a line arrives."""
     code = textwrap.dedent("""
         import sys, time
+        print("waiting", flush=True)
         sys.stdin.readline()
         files = [open("/dev/null") for _ in range(20)]
         data = bytearray(b"\\x01") * (32 * 1024 * 1024)
@@ -61,13 +62,14 @@ def test_idle_figures_are_reused_and_changes_show_within_the_bound() -> None:
     ``files_every`` samples."""
     child = _opener()
     try:
+        assert child.stdin is not None and child.stdout is not None
+        assert child.stdout.readline() == b"waiting\n"  # started, now blocked on stdin
         sampler = ProcessTreeSampler(files_every=3)
         service = ServiceProcess("svc_open", "open", "process", "running", child.pid)
         first = sampler.sample([service], monotonic=0.0, wall=time.time())[0]
         second = sampler.sample([service], monotonic=1.0, wall=time.time())[0]
         assert first.usage is not None
         assert second is first  # nothing changed: no new objects
-        assert child.stdin is not None and child.stdout is not None
         child.stdin.write(b"go\n")
         child.stdin.flush()
         assert child.stdout.readline() == b"ready\n"

@@ -2,10 +2,11 @@
 and the history. Requests only ever read what it cached.
 
 ``tick`` takes one sample: the list of services is read on the event loop (the supervisor
-lives there), the psutil walk runs on the sampler's own thread, and the result is stored
-back on the loop, where listeners (the instance's health check) are told. ``run`` calls
-``tick`` every ``interval`` seconds, skipping ticks rather than piling them up when a
-sample runs late. A failed sample is logged and the previous snapshot kept.
+lives there), the /proc reads run on the sampler's own thread (which also builds the
+history row), and the result is stored back on the loop, where listeners (the instance's
+health check) are told. ``run`` calls ``tick`` every ``interval`` seconds (at multiples of
+it, in one wake-up with the other periodic timers), skipping ticks rather than piling them
+up when a sample runs late. A failed sample is logged and the previous snapshot kept.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agent.metrics.readings import HostReader, HostReading
 from agent.metrics.series import SERVICE_SERIES, RowBuilder, service_key
 from agent.metrics.snapshot import HostSample, ServiceSample, Snapshot
 from agent.metrics.sources import ContainerUsageSource, ServiceProcess, ServiceSource
+from agent.metrics.timers import next_multiple, sleep_until
 
 __all__ = ["SampleListener", "Sampler"]
 
@@ -117,16 +119,12 @@ class Sampler:
         self.history.append_row(snapshot.host.timestamp, *row)
 
     async def run(self) -> None:
-        """Sample every ``interval`` seconds until cancelled."""
+        """Sample every ``interval`` seconds until cancelled, at multiples of the interval on
+        the loop's clock (``agent.metrics.timers``: the wake-up is shared with the other
+        periodic timers). A sample that runs late skips the ticks it missed."""
         loop = asyncio.get_running_loop()
-        next_at = loop.time()
         while True:
-            next_at += self.interval
-            delay = next_at - loop.time()
-            if delay < 0:  # the sample ran late: skip the missed ticks
-                next_at = loop.time()
-                delay = 0.0
-            await asyncio.sleep(delay)
+            await sleep_until(next_multiple(loop.time(), self.interval))
             await self.tick()
 
     def start(self) -> None:

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CgroupMemory", "CgroupReader"]
+from agent.metrics.procfs import KeptFile
+
+__all__ = ["CgroupMemory", "CgroupMemoryWatch", "CgroupReader"]
 
 _UNLIMITED_V1 = 1 << 60  # v1 reports "no limit" as a huge page-aligned number
 
@@ -51,15 +53,50 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _int_of(data: bytes | None) -> int | None:
+    text = data.strip() if data is not None else b""
+    return int(text) if text.isdigit() else None
+
+
+def _stat_value_of(data: bytes | None, key: str) -> int:
+    wanted = key.encode()
+    for line in (data or b"").split(b"\n"):
+        name, _, value = line.partition(b" ")
+        if name == wanted and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
 def _stat_value(path: Path, key: str) -> int:
     try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key and value.strip().isdigit():
-                return int(value)
+        return _stat_value_of(path.read_bytes(), key)
     except OSError:
-        pass
-    return 0
+        return 0
+
+
+class CgroupMemoryWatch:
+    """The usage of one cgroup with a memory limit, re-read cheaply on every sample.
+
+    Made by ``CgroupReader.watch_memory`` once the limit and the files are found; reads two
+    files kept open (see ``agent.metrics.procfs.KeptFile``). The limit is the one found
+    then: the owner looks again from time to time.
+    """
+
+    def __init__(self, limit: int, usage: Path, stat: Path, inactive_key: str) -> None:
+        self.limit = limit
+        self._usage = KeptFile(str(usage), 64)
+        self._stat = KeptFile(str(stat))
+        self._inactive_key = inactive_key
+
+    def read(self) -> CgroupMemory:
+        """The limit and the memory in use now (less inactive file cache)."""
+        usage = _int_of(self._usage.read()) or 0
+        inactive = _stat_value_of(self._stat.read(), self._inactive_key)
+        return CgroupMemory(limit=self.limit, used=max(0, usage - inactive))
+
+    def close(self) -> None:
+        self._usage.close()
+        self._stat.close()
 
 
 def _ancestors(root: Path, cgroup_path: str) -> Iterator[Path]:
@@ -97,19 +134,37 @@ class CgroupReader:
 
     def memory(self) -> CgroupMemory | None:
         """The agent's cgroup memory limit and usage, or None when no limit is set."""
+        found = self._find()
+        if found is None:
+            return None
+        limit, own, files = found
+        usage = _read_int(own / files.usage) or 0
+        inactive = _stat_value(own / "memory.stat", files.inactive)
+        return CgroupMemory(limit=limit, used=max(0, usage - inactive))
+
+    def watch_memory(self) -> CgroupMemoryWatch | None:
+        """What ``memory`` finds, as a watch that re-reads only the usage (None: no limit)."""
+        found = self._find()
+        if found is None:
+            return None
+        limit, own, files = found
+        return CgroupMemoryWatch(limit, own / files.usage, own / "memory.stat", files.inactive)
+
+    def _find(self) -> tuple[int, Path, _MemoryFiles] | None:
         v2, v1 = self._paths()
         if v1 is not None and (self._root / "memory").is_dir():
-            found = self._memory(self._root / "memory", v1, _V1)
+            found = self._limit(self._root / "memory", v1, _V1)
             if found is not None:
                 return found
         if v2 is not None and (self._root / "cgroup.controllers").exists():
-            return self._memory(self._root, v2, _V2)
+            return self._limit(self._root, v2, _V2)
         return None
 
     @staticmethod
-    def _memory(root: Path, path: str, files: _MemoryFiles) -> CgroupMemory | None:
-        """The lowest limit on the way from ``root`` down to ``path``, and the usage (less
-        inactive file cache) of the deepest group that reports it."""
+    def _limit(root: Path, path: str, files: _MemoryFiles
+               ) -> tuple[int, Path, _MemoryFiles] | None:
+        """The lowest limit on the way from ``root`` down to ``path``, and the deepest group
+        that reports its usage."""
         limit, own = None, None
         for directory in _ancestors(root, path):
             value = _read_int(directory / files.limit)  # v2's "max" reads as None
@@ -119,9 +174,7 @@ class CgroupReader:
                 own = directory
         if limit is None or own is None:
             return None
-        usage = _read_int(own / files.usage) or 0
-        inactive = _stat_value(own / "memory.stat", files.inactive)
-        return CgroupMemory(limit=limit, used=max(0, usage - inactive))
+        return limit, own, files
 
     def container_pids(self, container_id: str) -> list[int] | None:
         """Every pid in a Docker container's cgroup (host pid namespace), or None if not found.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["MAX_POINTS", "History", "HistoryPlan", "Series", "format_duration"]
@@ -40,59 +40,39 @@ def format_duration(seconds: float) -> str:
 
 
 class _Ring:
-    """A fixed-capacity ring of rows sharing one timestamp column."""
+    """The timestamp column of a fixed-capacity ring, and where the next row goes."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.times = array("d", [_NAN]) * capacity
-        self.columns: dict[str, array[float]] = {}
         self.head = 0
         self.count = 0
 
-    def append(self, timestamp: float, values: Mapping[str, float]) -> None:
+    def advance(self, timestamp: float) -> int:
+        """Stamp the next slot with ``timestamp`` and return it (the oldest row goes)."""
         slot = self.head
         self.times[slot] = timestamp
-        columns = self.columns
-        for name, column in columns.items():
-            column[slot] = values.get(name, _NAN)
-        for name in values.keys() - columns.keys():
-            column = array("f", [_NAN]) * self.capacity
-            column[slot] = values[name]
-            columns[name] = column
         self.head = (slot + 1) % self.capacity
         self.count = min(self.count + 1, self.capacity)
+        return slot
 
     def slots(self) -> Iterable[int]:
         """Slot indices from oldest to newest."""
         start = (self.head - self.count) % self.capacity
         return ((start + i) % self.capacity for i in range(self.count))
 
-    def drop(self, names: Iterable[str]) -> None:
-        for name in names:
-            self.columns.pop(name, None)
 
+class _Column:
+    """One series: its recent samples, its long-term averages (allocated with its first
+    average), and the sum and count of the period being averaged."""
 
-class _RowView(Mapping[str, float]):
-    """One slot of a ring, read as a mapping from series name to value."""
+    __slots__ = ("count", "long", "recent", "sum")
 
-    __slots__ = ("_ring", "_slot")
-
-    def __init__(self, ring: _Ring, slot: int) -> None:
-        self._ring = ring
-        self._slot = slot
-
-    def __getitem__(self, name: str) -> float:
-        return self._ring.columns[name][self._slot]
-
-    def get(self, name: str, default: float | None = None) -> float:  # type: ignore[override]
-        column = self._ring.columns.get(name)
-        return column[self._slot] if column is not None else _NAN
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._ring.columns)
-
-    def __len__(self) -> int:
-        return len(self._ring.columns)
+    def __init__(self, recent: int) -> None:
+        self.recent = array("f", [_NAN]) * recent
+        self.long: array[float] | None = None
+        self.sum = 0.0
+        self.count = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +96,12 @@ class Series:
 
 
 class History:
-    """Every series' recent samples and long-term averages."""
+    """Every series' recent samples and long-term averages.
+
+    ``append_row`` is the sampler's path: the series names come as a tuple the caller
+    reuses while the set of series stays the same, so a sample is one pass over its values
+    with no dictionary built or searched.
+    """
 
     def __init__(self, *, interval: float, recent: int, history: int, resolution: int) -> None:
         self.interval = interval
@@ -125,48 +110,81 @@ class History:
         self.resolution = resolution
         self._recent = _Ring(max(1, math.ceil(recent / interval)))
         self._long = _Ring(max(1, math.ceil(history / resolution)))
+        self._columns: dict[str, _Column] = {}
         self._bucket: float | None = None
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
+        # The columns of the last row's names, in order, and the other columns (a gap).
+        self._names: tuple[str, ...] | None = None
+        self._layout: list[_Column] = []
+        self._absent: list[_Column] = []
 
     @property
     def series_names(self) -> list[str]:
-        return sorted(self._recent.columns.keys() | self._long.columns.keys())
+        return sorted(self._columns)
 
     def memory_bytes(self) -> int:
         """Bytes held by the value and timestamp columns."""
-        rings = (self._recent, self._long)
-        return sum(r.capacity * (8 + 4 * len(r.columns)) for r in rings)
+        longs = sum(1 for c in self._columns.values() if c.long is not None)
+        return (self._recent.capacity * (8 + 4 * len(self._columns))
+                + self._long.capacity * (8 + 4 * longs))
 
     def append(self, timestamp: float, values: Mapping[str, float]) -> None:
         """Record one sample of every series (a series absent from ``values`` gets a gap)."""
-        self._recent.append(timestamp, values)
+        self.append_row(timestamp, tuple(values), tuple(values.values()))
+
+    def append_row(self, timestamp: float, names: tuple[str, ...],
+                   values: Sequence[float]) -> None:
+        """Record one sample: ``values[i]`` of series ``names[i]`` (names unique); every
+        other series gets a gap. Pass the same ``names`` tuple while the series do not
+        change: it is then recognised at once."""
+        if names is not self._names and names != self._names:
+            self._bind(names)
         bucket = math.floor(timestamp / self.resolution) * self.resolution
         if self._bucket is not None and bucket != self._bucket:
             self._flush()
         self._bucket = bucket
-        for name, value in values.items():
-            if math.isfinite(value):
-                self._sums[name] = self._sums.get(name, 0.0) + value
-                self._counts[name] = self._counts.get(name, 0) + 1
+        slot = self._recent.advance(timestamp)
+        for column, value in zip(self._layout, values, strict=True):
+            column.recent[slot] = value
+            if value - value == 0.0:  # finite: neither NaN nor infinite
+                column.sum += value
+                column.count += 1
+        for column in self._absent:
+            column.recent[slot] = _NAN
 
-    def _pending(self) -> dict[str, float]:
-        return {name: self._sums[name] / count for name, count in self._counts.items()}
+    def _bind(self, names: tuple[str, ...]) -> None:
+        capacity = self._recent.capacity
+        layout = []
+        for name in names:
+            column = self._columns.get(name)
+            if column is None:
+                column = self._columns[name] = _Column(capacity)
+            layout.append(column)
+        wanted = set(names)
+        self._names = names
+        self._layout = layout
+        self._absent = [c for name, c in self._columns.items() if name not in wanted]
 
     def _flush(self) -> None:
-        if self._bucket is not None:
-            self._long.append(self._bucket, self._pending())
-        self._sums.clear()
-        self._counts.clear()
+        """Close the period being averaged: one row of the long ring."""
+        if self._bucket is None:
+            return
+        capacity = self._long.capacity
+        slot = self._long.advance(self._bucket)
+        for column in self._columns.values():
+            if column.count:
+                if column.long is None:
+                    column.long = array("f", [_NAN]) * capacity
+                column.long[slot] = column.sum / column.count
+            elif column.long is not None:
+                column.long[slot] = _NAN
+            column.sum = 0.0
+            column.count = 0
 
     def forget(self, names: Iterable[str]) -> None:
         """Drop series (a deleted service's)."""
-        names = list(names)
-        self._recent.drop(names)
-        self._long.drop(names)
         for name in names:
-            self._sums.pop(name, None)
-            self._counts.pop(name, None)
+            if self._columns.pop(name, None) is not None:
+                self._names = None  # rebind on the next row
 
     def plan(self, window: int | None, step: int | None) -> HistoryPlan | None:
         """The window and step (seconds) a query gets; None when no history was asked.
@@ -196,35 +214,45 @@ class History:
         start = now - plan.window
         first = math.floor(start / step) * step
         count = int((now - first) // step) + 1
-        sums = {name: [0.0] * count for name in names}
-        counts = {name: [0] * count for name in names}
 
-        def add(timestamp: float, row: Mapping[str, float]) -> None:
+        def bucket_of(timestamp: float) -> int:
             # A row stamped before the window (a long-ring average that straddles its
             # start) counts in the first bucket.
-            k = int((max(timestamp, start) - first) // step)
-            if k >= count:
-                return
-            for name in names:
-                value = row.get(name, _NAN)
-                if value == value:  # not NaN
-                    sums[name][k] += value
-                    counts[name][k] += 1
+            return int((max(timestamp, start) - first) // step)
 
         ring = self._recent if plan.use_recent else self._long
         # A recent row is one instant; a long row averages [t, t + resolution).
         span = 0.0 if plan.use_recent else float(self.resolution)
         times = ring.times
+        picks = []  # (bucket, slot) of each row in the window, oldest first
         for slot in ring.slots():
             timestamp = times[slot]
             if start < timestamp + span and timestamp <= now:
-                add(timestamp, _RowView(ring, slot))
+                k = bucket_of(timestamp)
+                if k < count:
+                    picks.append((k, slot))
+        pending = -1  # the bucket of the period still being averaged, if shown
         if not plan.use_recent and self._bucket is not None and self._bucket <= now:
-            add(self._bucket, self._pending())
+            k = bucket_of(self._bucket)
+            pending = k if k < count else -1
 
         values: dict[str, list[float | None]] = {}
         for name in names:
+            sums = [0.0] * count
+            counts = [0] * count
+            column = self._columns.get(name)
+            if column is not None:
+                data = column.recent if plan.use_recent else column.long
+                if data is not None:
+                    for k, slot in picks:
+                        value = data[slot]
+                        if value == value:  # not NaN
+                            sums[k] += value
+                            counts[k] += 1
+                if pending >= 0 and column.count:
+                    sums[pending] += column.sum / column.count
+                    counts[pending] += 1
             values[name] = [round(s / c, 6) if c else None
-                            for s, c in zip(sums[name], counts[name], strict=True)]
+                            for s, c in zip(sums, counts, strict=True)]
         return Series(window=plan.window, step=step,
                       timestamps=[first + k * step for k in range(count)], values=values)

@@ -2,10 +2,11 @@
 and the history. Requests only ever read what it cached.
 
 ``tick`` takes one sample: the list of services is read on the event loop (the supervisor
-lives there), the psutil walk runs on the sampler's own thread, and the result is stored
-back on the loop, where listeners (the instance's health check) are told. ``run`` calls
-``tick`` every ``interval`` seconds, skipping ticks rather than piling them up when a
-sample runs late. A failed sample is logged and the previous snapshot kept.
+lives there), the /proc reads run on the sampler's own thread (which also builds the
+history row), and the result is stored back on the loop, where listeners (the instance's
+health check) are told. ``run`` calls ``tick`` every ``interval`` seconds (at multiples of
+it, in one wake-up with the other periodic timers), skipping ticks rather than piling them
+up when a sample runs late. A failed sample is logged and the previous snapshot kept.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from agent.metrics.compute import compute_host
 from agent.metrics.history import History
 from agent.metrics.processes import ProcessTreeSampler
 from agent.metrics.readings import HostReader, HostReading
-from agent.metrics.series import SERVICE_SERIES, host_series, service_key, service_series
+from agent.metrics.series import SERVICE_SERIES, RowBuilder, service_key
 from agent.metrics.snapshot import HostSample, ServiceSample, Snapshot
 from agent.metrics.sources import ContainerUsageSource, ServiceProcess, ServiceSource
+from agent.metrics.timers import next_multiple, sleep_until
 
 __all__ = ["SampleListener", "Sampler"]
 
@@ -52,6 +54,7 @@ class Sampler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-sampler")
         self._previous: tuple[HostReading, float] | None = None
         self._service_ids: set[str] = set()
+        self._rows = RowBuilder()
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -71,9 +74,9 @@ class Sampler:
         """Call ``listener`` with every new snapshot, on the event loop."""
         self._listeners.append(listener)
 
-    def _collect(self, services: Sequence[ServiceProcess]
-                 ) -> tuple[HostSample, tuple[ServiceSample, ...], float]:
-        """One sample; runs on the sampler's thread."""
+    def _collect(self, services: Sequence[ServiceProcess]) -> tuple[
+            HostSample, tuple[ServiceSample, ...], tuple[tuple[str, ...], list[float]], float]:
+        """One sample and its history row; runs on the sampler's thread."""
         started = time.perf_counter()
         monotonic, wall = self._clock.monotonic(), self._clock.time()
         reading = self._reader.read()
@@ -82,14 +85,15 @@ class Sampler:
                             timestamp=wall)
         samples = self._processes.sample(services, monotonic=monotonic, wall=wall)
         self._previous = (reading, monotonic)
-        return host, samples, time.perf_counter() - started
+        row = self._rows.row(host, samples)
+        return host, samples, row, time.perf_counter() - started
 
     async def tick(self) -> Snapshot | None:
         """Take one sample now; return it (None if it failed)."""
         services = tuple(self._services.services())
         loop = asyncio.get_running_loop()
         try:
-            host, samples, duration = await loop.run_in_executor(
+            host, samples, row, duration = await loop.run_in_executor(
                 self._executor, self._collect, services)
         except Exception as exc:
             self.failures += 1
@@ -98,7 +102,7 @@ class Sampler:
         self._seq += 1
         snapshot = Snapshot(seq=self._seq, host=host, services=samples, duration=duration)
         self.latest = snapshot
-        self._record(snapshot)
+        self._record(snapshot, row)
         for listener in self._listeners:
             try:
                 await listener(snapshot)
@@ -106,28 +110,21 @@ class Sampler:
                 log.warning("metrics_listener_failed", error_type=type(exc).__name__)
         return snapshot
 
-    def _record(self, snapshot: Snapshot) -> None:
-        values = host_series(snapshot.host)
-        for sample in snapshot.services:
-            values.update(service_series(sample))
+    def _record(self, snapshot: Snapshot, row: tuple[tuple[str, ...], list[float]]) -> None:
         ids = {s.service.service_id for s in snapshot.services}
         gone = self._service_ids - ids
         if gone:
             self.history.forget(service_key(sid, name) for sid in gone for name in SERVICE_SERIES)
         self._service_ids = ids
-        self.history.append(snapshot.host.timestamp, values)
+        self.history.append_row(snapshot.host.timestamp, *row)
 
     async def run(self) -> None:
-        """Sample every ``interval`` seconds until cancelled."""
+        """Sample every ``interval`` seconds until cancelled, at multiples of the interval on
+        the loop's clock (``agent.metrics.timers``: the wake-up is shared with the other
+        periodic timers). A sample that runs late skips the ticks it missed."""
         loop = asyncio.get_running_loop()
-        next_at = loop.time()
         while True:
-            next_at += self.interval
-            delay = next_at - loop.time()
-            if delay < 0:  # the sample ran late: skip the missed ticks
-                next_at = loop.time()
-                delay = 0.0
-            await asyncio.sleep(delay)
+            await sleep_until(next_multiple(loop.time(), self.interval))
             await self.tick()
 
     def start(self) -> None:
@@ -144,5 +141,10 @@ class Sampler:
                 await task
 
     def close(self) -> None:
-        """Release the sampler's thread (waits for a sample in progress)."""
+        """Release the sampler's thread (waits for a sample in progress) and the files its
+        readers keep open."""
         self._executor.shutdown(wait=True)
+        self._processes.close()
+        close_reader = getattr(self._reader, "close", None)
+        if callable(close_reader):
+            close_reader()

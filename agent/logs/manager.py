@@ -32,6 +32,7 @@ from agent.logs.capture import LogCapture
 from agent.logs.files import LogFiles
 from agent.logs.inotify import Inotify, InotifyUnavailable
 from agent.supervisor.runtime import LogPaths
+from agent.timers import next_multiple, sleep_until
 
 __all__ = ["LogManager"]
 
@@ -39,7 +40,7 @@ log = structlog.get_logger("agent.logs")
 T = TypeVar("T")
 
 _TICK = 0.5            # seconds between polls of files inotify does not watch
-_SAFETY_TICKS = 60     # every this many ticks, poll every running capture anyway
+_SAFETY_INTERVAL = 30.0  # seconds between polls of every running capture anyway
 _RETRY_MIN = 0.5       # seconds before the first retry of a failed capture
 _RETRY_MAX = 10.0      # longest wait between retries of a failing capture
 
@@ -69,6 +70,7 @@ class LogManager:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-capture")
         self._inotify: Inotify | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._fast_poll = asyncio.Event()  # a live capture has no inotify watch
         self._stopping = False
 
     async def open(self) -> None:
@@ -147,6 +149,8 @@ class LogManager:
                 self._inotify.unwatch(service_id)
                 log.warning("log_inotify_watch_refused", service_id=service_id,
                             error=exc.strerror)
+        if live and not entry.inotify:
+            self._fast_poll.set()
         elif not live and entry.inotify and self._inotify is not None:
             self._inotify.unwatch(service_id)
             entry.inotify = False
@@ -213,12 +217,25 @@ class LogManager:
         return result
 
     async def _poll(self) -> None:
-        ticks = 0
+        """Pump every ``_TICK`` the live captures inotify does not watch, and every
+        ``_SAFETY_INTERVAL`` all live captures. While no capture needs the fast poll the loop
+        is not woken in between (an idle agent's CPU follows its wake-ups); ``set_live`` wakes
+        this task when one does. Wake-ups are on the shared grid of ``agent.timers``."""
+        loop = asyncio.get_running_loop()
+        next_safety = next_multiple(loop.time(), _SAFETY_INTERVAL)
         while True:
-            await asyncio.sleep(_TICK)
-            ticks += 1
+            self._fast_poll.clear()
+            if any(e.live and not e.inotify for e in self._entries.values()):
+                await sleep_until(next_multiple(loop.time(), _TICK))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(next_safety):
+                        await self._fast_poll.wait()
+            safety = loop.time() >= next_safety
+            if safety:
+                next_safety = next_multiple(loop.time(), _SAFETY_INTERVAL)
             for entry in list(self._entries.values()):
-                if entry.live and (not entry.inotify or ticks % _SAFETY_TICKS == 0):
+                if entry.live and (not entry.inotify or safety):
                     self.kick(entry.service_id)
 
     def _notify(self, entry: _Entry) -> None:

@@ -1,7 +1,7 @@
 """The event loop's lag, measured from inside: how late a periodic timer fires.
 
 Every ``interval`` seconds a task asks to wake at the next multiple of ``interval`` (on the
-shared grid of ``agent.metrics.timers``, so the sampler's timer fires in the same wake-up)
+shared grid of ``agent.timers``, so the sampler's timer fires in the same wake-up)
 and records how much later than that it actually ran: the time the loop spent on something
 else without yielding (a slow handler, a blocking call that should be in a thread). Each
 measurement goes into the ``dployr_event_loop_lag_seconds`` histogram of ``/metrics``; the
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from agent.metrics.timers import next_multiple, sleep_until
+from agent.timers import next_multiple, sleep_until
 
 __all__ = ["DEFAULT_INTERVAL", "watch_loop_lag"]
 

@@ -27,7 +27,7 @@ from agent.metrics.readings import HostReader, HostReading
 from agent.metrics.series import SERVICE_SERIES, RowBuilder, service_key
 from agent.metrics.snapshot import HostSample, ServiceSample, Snapshot
 from agent.metrics.sources import ContainerUsageSource, ServiceProcess, ServiceSource
-from agent.metrics.timers import next_multiple, sleep_until
+from agent.timers import next_multiple, sleep_until
 
 __all__ = ["SampleListener", "Sampler"]
 
@@ -120,7 +120,7 @@ class Sampler:
 
     async def run(self) -> None:
         """Sample every ``interval`` seconds until cancelled, at multiples of the interval on
-        the loop's clock (``agent.metrics.timers``: the wake-up is shared with the other
+        the loop's clock (``agent.timers``: the wake-up is shared with the other
         periodic timers). A sample that runs late skips the ticks it missed."""
         loop = asyncio.get_running_loop()
         while True:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.metrics.timers import next_multiple, sleep_until
+from agent.timers import next_multiple, sleep_until
 
 
 def test_next_multiple_is_strictly_after_now() -> None:

@@ -280,6 +280,7 @@ def child_agent(settings_path: str) -> None:
     from aiohttp import web
 
     from agent.app import AdminSeed, create_app
+    from agent.cli import _loop_factory
     from agent.keys import ROUTES_KEY
     from agent.logconfig import configure_logging
     from agent.proxy import Upstream
@@ -290,10 +291,11 @@ def child_agent(settings_path: str) -> None:
     configure_logging("warning", "json")
     logging.getLogger("aiohttp.access").disabled = True
 
+    config = make_config(Path(settings["state"]), proxy=settings["proxy"])
+
     async def main() -> None:
         locator = MemoryServiceLocator()
         locator.add("bench", Upstream("127.0.0.1", settings["backend_port"]))
-        config = make_config(Path(settings["state"]), proxy=settings["proxy"])
         app = create_app(config, locator=locator,
                          admin=AdminSeed("bench@example.com", "bench-password"))
         runner = web.AppRunner(app, access_log=None)
@@ -307,7 +309,9 @@ def child_agent(settings_path: str) -> None:
         await stop.wait()
         await runner.cleanup()
 
-    asyncio.run(main())
+    # The loop ``dployr-agent serve`` runs on ([server] event_loop: uvloop by default).
+    with asyncio.Runner(loop_factory=_loop_factory(config.server.event_loop)) as loop_runner:
+        loop_runner.run(main())
 
 
 # -- the run -----------------------------------------------------------------------------------

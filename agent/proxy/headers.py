@@ -16,7 +16,14 @@ from collections.abc import Iterable, Sequence
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["HOP_BY_HOP", "TrustedNetworks", "forwarded_request_headers", "response_headers"]
+__all__ = [
+    "HOP_BY_HOP",
+    "TrustedNetworks",
+    "forwarded_items",
+    "forwarded_request_headers",
+    "response_headers",
+    "response_items",
+]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
@@ -50,47 +57,65 @@ class TrustedNetworks:
         return any(ip in net for net in self._networks)
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    values = headers.getall("Connection", ())
-    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+def _connection_tokens(items: Iterable[tuple[str, str]]) -> frozenset[str]:
+    return frozenset(t.strip().lower() for name, value in items if name.lower() == "connection"
+                     for t in value.split(",") if t.strip())
 
 
-def _drop(name: str, listed: frozenset[str]) -> bool:
-    lower = name.lower()
-    return lower in HOP_BY_HOP or lower.startswith("proxy-") or lower in listed
+def _drop(lower: str, listed: frozenset[str]) -> bool:
+    return lower in HOP_BY_HOP or lower.startswith("proxy-") or (bool(listed) and lower in listed)
+
+
+def forwarded_items(items: Sequence[tuple[str, str]], *, peer: str | None, host: str,
+                    scheme: str, trusted: TrustedNetworks,
+                    websocket: bool = False) -> list[tuple[str, str]]:
+    """The headers to send upstream for a client request's header ``items``, in order.
+
+    Keeps Host (apps see the name they were called by) and every end-to-end header,
+    repeated ones included; the X-Forwarded-* headers come last.
+    """
+    listed = _connection_tokens(items)
+    out: list[tuple[str, str]] = []
+    prior: list[str] = []
+    proto = forwarded_host = None
+    for name, value in items:
+        lower = name.lower()
+        if lower in _FORWARDED:
+            if lower == "x-forwarded-for":
+                prior.append(value)
+            elif lower == "x-forwarded-proto":
+                proto = value if proto is None else proto
+            else:
+                forwarded_host = value if forwarded_host is None else forwarded_host
+            continue
+        if (_drop(lower, listed) or lower in _REQUEST_OWN
+                or (websocket and lower in _WEBSOCKET_OWN)):
+            continue
+        out.append((name, value))
+    believed = bool(trusted) and trusted.contains(peer)
+    client = peer or "unknown"
+    out.append(("X-Forwarded-For", f"{', '.join(prior)}, {client}"
+                if believed and prior else client))
+    out.append(("X-Forwarded-Proto", proto if believed and proto is not None else scheme))
+    out.append(("X-Forwarded-Host", forwarded_host if believed and forwarded_host is not None
+                else host))
+    return out
 
 
 def forwarded_request_headers(headers: CIMultiDictProxy[str], *, peer: str | None, host: str,
                               scheme: str, trusted: TrustedNetworks,
                               websocket: bool = False) -> CIMultiDict[str]:
-    """The headers to send upstream for a client request.
+    """``forwarded_items`` for aiohttp's request headers."""
+    return CIMultiDict(forwarded_items(list(headers.items()), peer=peer, host=host,
+                                       scheme=scheme, trusted=trusted, websocket=websocket))
 
-    Keeps Host (apps see the name they were called by) and every end-to-end header,
-    repeated ones included.
-    """
+
+def response_items(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's response headers minus the hop-by-hop ones (Set-Cookie repeats kept)."""
     listed = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if (_drop(name, listed) or lower in _FORWARDED or lower in _REQUEST_OWN
-                or (websocket and lower in _WEBSOCKET_OWN)):
-            continue
-        out.add(name, value)
-    believed = trusted.contains(peer)
-    prior = ", ".join(headers.getall("X-Forwarded-For", ())) if believed else ""
-    client = peer or "unknown"
-    out["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
-    out["X-Forwarded-Proto"] = (headers.get("X-Forwarded-Proto", scheme) if believed else scheme)
-    out["X-Forwarded-Host"] = (headers.get("X-Forwarded-Host", host) if believed else host)
-    return out
+    return [(name, value) for name, value in headers if not _drop(name.lower(), listed)]
 
 
 def response_headers(headers: Sequence[tuple[str, str]]) -> CIMultiDict[str]:
-    """The upstream's response headers minus the hop-by-hop ones (Set-Cookie repeats kept)."""
-    listed = frozenset(t.strip().lower() for name, value in headers
-                       if name.lower() == "connection" for t in value.split(",") if t.strip())
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers:
-        if not _drop(name, listed):
-            out.add(name, value)
-    return out
+    """``response_items`` as a multidict."""
+    return CIMultiDict(response_items(headers))

@@ -1,0 +1,129 @@
+"""Bytes the built-in proxy's fast path writes to clients, and how it reads request targets.
+
+* ``response_head``: the app's response head as relayed (hop-by-hop headers removed as in
+  ``headers.response_headers``), with the framing this client gets: the app's Content-Length
+  when it sent one; else chunked for HTTP/1.1 clients, or the body until the connection
+  closes for HTTP/1.0 ones. A ``Date`` is added when the app sent none.
+* ``error_response``: the API's error envelope (JSON) for the proxy's own answers (400, 404,
+  405, 431, 502, 504 ...), complete with its length.
+* ``split_target``: the request target sent upstream and the decoded path routes match on.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+from urllib.parse import unquote
+
+import httptools
+
+from agent.errors import AgentError
+from agent.proxy.headers import response_items
+from agent.proxy.http1 import Head
+
+__all__ = ["BadTarget", "OutFraming", "error_response", "http_date", "response_head", "split_target"]
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The current time as an HTTP date (formatted once per second)."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class OutFraming:
+    """How a relayed response's body goes to the client."""
+
+    chunked: bool  # re-encode the body in chunks
+    keep_alive: bool  # the client connection stays open afterwards
+
+
+def response_head(head: Head, *, http10: bool, keep_alive: bool) -> tuple[bytes, OutFraming]:
+    """The head to send the client for the app's ``head``, and the body's framing.
+
+    ``keep_alive``: whether the client connection may stay open (its request allowed it and
+    the proxy is not stopping); it is turned off for an HTTP/1.0 client whose body can only
+    end with the connection.
+    """
+    known_length = head.length is not None
+    chunked = not known_length and not http10
+    if not known_length and http10:
+        keep_alive = False
+    lines = [f"HTTP/1.1 {head.status} {head.reason}"]
+    has_date = False
+    for name, value in response_items(head.headers):
+        lower = name.lower()
+        if lower == "content-length" and not known_length:
+            continue  # the body is re-framed: a length alongside would contradict it
+        if lower == "date":
+            has_date = True
+        lines.append(f"{name}: {value}")
+    if not has_date:
+        lines.append(f"Date: {http_date()}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    if not keep_alive:
+        lines.append("Connection: close")
+    elif http10:
+        lines.append("Connection: keep-alive")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape"), OutFraming(chunked, keep_alive)
+
+
+def error_response(error: AgentError, *, head_only: bool, keep_alive: bool) -> bytes:
+    """A complete response carrying ``error`` in the API's envelope (no body for HEAD)."""
+    body = json.dumps(error.to_dict(), separators=(",", ":")).encode()
+    lines = [f"HTTP/1.1 {error.status} {_reason(error.status)}",
+             "Content-Type: application/json", f"Content-Length: {len(body)}",
+             f"Date: {http_date()}"]
+    lines += [f"{name}: {value}" for name, value in error.headers.items()]
+    if not keep_alive:
+        lines.append("Connection: close")
+    lines.append("\r\n")
+    head = "\r\n".join(lines).encode("utf-8")
+    return head if head_only else head + body
+
+
+class BadTarget(ValueError):
+    """The request target is not one the proxy forwards."""
+
+
+def split_target(raw: bytes) -> tuple[bytes, str]:
+    """(target to send upstream, percent-decoded path for route matching).
+
+    Origin-form (``/path?query``) goes upstream as the client sent it (the app decodes it
+    itself); absolute-form (``http://host/path?query``) is reduced to its path and query; the
+    asterisk form is kept for OPTIONS. Raises ``BadTarget`` for anything else (authority
+    form, garbage).
+    """
+    if raw.startswith(b"/"):
+        target = raw
+    elif raw == b"*":
+        return raw, "*"
+    else:
+        try:
+            url = httptools.parse_url(raw)
+        except httptools.HttpParserInvalidURLError:
+            raise BadTarget("malformed request target") from None
+        if url.schema not in (b"http", b"https") or not url.host:
+            raise BadTarget("unsupported request target")
+        target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+    path = target.split(b"?", 1)[0].decode("utf-8", "surrogateescape")
+    if "%" in path:
+        path = unquote(path, errors="surrogateescape")
+    return target, path

@@ -123,11 +123,15 @@ class Connection(asyncio.Protocol):
         if self.sink is not None:
             self._activity = self._loop.time()
         try:
-            if self._head is None:
+            if self._head is not None:
+                self._feed_body(data)
+            elif not self._buffer and 0 <= (end := data.find(b"\r\n\r\n")) <= MAX_HEAD:
+                self._take_head(data[:end], data[end + 4:])  # the usual case: no copying
+                if self._head is None and self._buffer:
+                    self._parse_heads()  # an interim response came first
+            else:
                 self._buffer += data
                 self._parse_heads()
-            else:
-                self._feed_body(data)
         except Exception as exc:  # a bug in a sink must not leave the exchange hanging
             self._fail(exc)
         if self.sink is not None:
@@ -138,35 +142,39 @@ class Connection(asyncio.Protocol):
     # -- parsing -------------------------------------------------------------------------------
 
     def _parse_heads(self) -> None:
-        while self._head is None:
+        while self._head is None and self._error is None:
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buffer) > MAX_HEAD:
                     self._fail(UpstreamError("response head too large"))
                 return
             raw = bytes(self._buffer[:end])
-            del self._buffer[:end + 4]
-            try:
-                head = parse_head(raw, self._method)
-            except UpstreamError as exc:
-                self._fail(exc)
-                return
-            if head.status < 200:
-                continue  # 100 Continue, 103 Early Hints: interim, skip
-            self._head = head
-            self._remaining = head.length
-            if head.chunked:
-                self._chunks = ChunkedDecoder()
-            if head.length == 0:
-                self._body_done = True
-            if self.sink is not None:
-                self.sink.upstream_head(head)
-            elif self._head_waiter is not None and not self._head_waiter.done():
-                self._head_waiter.set_result(head)
-            rest = bytes(self._buffer)
+            rest = bytes(self._buffer[end + 4:])
             self._buffer.clear()
-            if rest:
-                self._feed_body(rest)
+            self._take_head(raw, rest)
+
+    def _take_head(self, raw: bytes, rest: bytes) -> None:
+        """A complete response head ``raw`` (without its blank line), then what followed."""
+        try:
+            head = parse_head(raw, self._method)
+        except UpstreamError as exc:
+            self._fail(exc)
+            return
+        if head.status < 200:  # 100 Continue, 103 Early Hints: interim, skip
+            self._buffer += rest
+            return
+        self._head = head
+        self._remaining = head.length
+        if head.chunked:
+            self._chunks = ChunkedDecoder()
+        if head.length == 0:
+            self._body_done = True
+        if self.sink is not None:
+            self.sink.upstream_head(head)
+        elif self._head_waiter is not None and not self._head_waiter.done():
+            self._head_waiter.set_result(head)
+        if rest:
+            self._feed_body(rest)
 
     def _feed_body(self, data: bytes) -> None:
         head = self._head

@@ -11,7 +11,9 @@ otherwise a client could claim any address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -23,6 +25,7 @@ __all__ = [
     "forwarded_request_headers",
     "response_headers",
     "response_items",
+    "strip_hop_by_hop",
 ]
 
 HOP_BY_HOP = frozenset({
@@ -58,8 +61,12 @@ class TrustedNetworks:
 
 
 def _connection_tokens(items: Iterable[tuple[str, str]]) -> frozenset[str]:
-    return frozenset(t.strip().lower() for name, value in items if name.lower() == "connection"
-                     for t in value.split(",") if t.strip())
+    tokens: set[str] = set()
+    for name, value in items:
+        if len(name) == 10 and name.lower() == "connection":  # len first: this runs per header
+            tokens.update(t.strip().lower() for t in value.split(","))
+    tokens.discard("")
+    return frozenset(tokens)
 
 
 def _drop(lower: str, listed: frozenset[str]) -> bool:
@@ -110,12 +117,32 @@ def forwarded_request_headers(headers: CIMultiDictProxy[str], *, peer: str | Non
                                        scheme=scheme, trusted=trusted, websocket=websocket))
 
 
-def response_items(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The upstream's response headers minus the hop-by-hop ones (Set-Cookie repeats kept)."""
-    listed = _connection_tokens(headers)
-    return [(name, value) for name, value in headers if not _drop(name.lower(), listed)]
+def response_items(headers: Sequence[tuple[str, str]],
+                   listed: frozenset[str] | None = None) -> list[tuple[str, str]]:
+    """The upstream's response headers minus the hop-by-hop ones (Set-Cookie repeats kept).
+
+    ``listed``: the Connection header's tokens, when already known.
+    """
+    if listed is None:
+        listed = _connection_tokens(headers)
+    dropped = HOP_BY_HOP | listed if listed else HOP_BY_HOP
+    return [(name, value) for name, value in headers
+            if (lower := name.lower()) not in dropped and not lower.startswith("proxy-")]
 
 
 def response_headers(headers: Sequence[tuple[str, str]]) -> CIMultiDict[str]:
     """``response_items`` as a multidict."""
     return CIMultiDict(response_items(headers))
+
+
+@functools.lru_cache(maxsize=64)
+def _hop_lines(extra: frozenset[str]) -> re.Pattern[str]:
+    names = "|".join(re.escape(name) for name in sorted(HOP_BY_HOP | extra))
+    return re.compile(rf"\r\n(?:{names}|proxy-[^:\r\n]*):[^\r\n]*", re.IGNORECASE | re.ASCII)
+
+
+def strip_hop_by_hop(fields: str, listed: frozenset[str]) -> str:
+    """Header lines (each after its CRLF, as received) without the hop-by-hop ones: the rules
+    of ``response_items`` applied to the text in one pass. ``listed``: the Connection
+    header's tokens."""
+    return _hop_lines(listed - HOP_BY_HOP if listed else frozenset()).sub("", fields)

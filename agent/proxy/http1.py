@@ -9,6 +9,7 @@ folding, header names with spaces) is refused rather than guessed at.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -16,6 +17,10 @@ __all__ = ["MAX_HEAD", "Head", "UpstreamError", "UpstreamNotSent", "parse_head",
 
 MAX_HEAD = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
+# Each header line: a token, a colon, the value without the whitespace around it.
+_FIELDS = re.compile(r"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|\Z)")
+_NOTED_LENGTHS = frozenset(map(len, ("content-length", "transfer-encoding", "connection",
+                                     "date")))
 
 
 class UpstreamError(Exception):
@@ -37,54 +42,63 @@ class Head:
     keep_alive: bool
     length: int | None  # body length; None = chunked or until close
     chunked: bool
+    connection: frozenset[str] = frozenset()  # the Connection header's tokens, lower-case
+    fields: str = ""  # the header lines as received, each after its CRLF
+    has_date: bool = False
 
 
 def parse_head(raw: bytes, method: str) -> Head:
     """The head of a response to ``method``; UpstreamError if it is not valid HTTP/1.1."""
-    try:
-        # Not surrogateescape: aiohttp writes response headers as strict UTF-8.
-        text = raw.decode("utf-8", "replace")
-        bare = text.replace("\r\n", "")
-        if "\r" in bare or "\n" in bare or "\x00" in bare:  # no header injection downstream
-            raise UpstreamError("bare CR, LF or NUL in the response head")
-        status_line, *lines = text.split("\r\n")
-        version, _, rest = status_line.partition(" ")
-        code, _, reason = rest.partition(" ")
-        status = int(code)
-    except ValueError:
-        raise UpstreamError("malformed status line") from None
-    if version not in ("HTTP/1.1", "HTTP/1.0") or not 100 <= status <= 999 or len(code) != 3:
+    # Not surrogateescape: aiohttp writes response headers as strict UTF-8.
+    text = raw.decode("utf-8", "replace")
+    crlf = text.count("\r\n")
+    if text.count("\r") != crlf or text.count("\n") != crlf or "\x00" in text:
+        raise UpstreamError("bare CR, LF or NUL in the response head")  # no header injection
+    line_end = text.find("\r\n")
+    status_line = text if line_end < 0 else text[:line_end]
+    version, code = status_line[:8], status_line[9:12]
+    if (version not in ("HTTP/1.1", "HTTP/1.0") or status_line[8:9] != " " or len(code) != 3
+            or not code.isascii() or not code.isdigit() or status_line[12:13] not in ("", " ")
+            or code[0] == "0"):
         raise UpstreamError("malformed status line")
-    headers: list[tuple[str, str]] = []
+    status = int(code)
+    reason = status_line[13:]
+    headers: list[tuple[str, str]] = _FIELDS.findall(text, len(status_line))
+    if len(headers) != crlf:  # a line that is no field: no name, spaces
+        raise UpstreamError("malformed header line")  # around it, obsolete line folding
     lengths: set[str] = set()
     encodings: list[str] = []
     connection = ""
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or line[0] in " \t":
-            raise UpstreamError("malformed header line")
-        value = value.strip(" \t")
-        lower = name.lower()
-        if lower == "content-length":
-            lengths.add(value)
-        elif lower == "transfer-encoding":
-            encodings += [e.strip().lower() for e in value.split(",") if e.strip()]
-        elif lower == "connection":
-            connection += "," + value.lower()
-        headers.append((name, value))
-    tokens = {t.strip() for t in connection.split(",")} if connection else set()
+    has_date = False
+    for name, value in headers:
+        if len(name) in _NOTED_LENGTHS:
+            lower = name.lower()
+            if lower == "date":
+                has_date = True
+            elif lower == "content-length":
+                lengths.add(value)
+            elif lower == "transfer-encoding":
+                encodings += [e.strip().lower() for e in value.split(",") if e.strip()]
+            elif lower == "connection":
+                connection += "," + value.lower()
+    tokens = (frozenset(t.strip() for t in connection.split(",")) - {""} if connection
+              else frozenset())
     keep_alive = ("close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens)
+    length: int | None = None
+    chunked = False
     if method == "HEAD" or status < 200 or status in _NO_BODY_STATUS:
-        return Head(status, reason, headers, keep_alive, 0, False)
-    if encodings:
-        if encodings[-1] == "chunked":
-            return Head(status, reason, headers, keep_alive, None, True)
-        return Head(status, reason, headers, False, None, False)  # until close
-    if lengths:
+        length = 0
+    elif encodings:
+        chunked = encodings[-1] == "chunked"
+        keep_alive = keep_alive and chunked  # another coding: the body ends with the connection
+    elif lengths:
         if len(lengths) != 1 or not next(iter(lengths)).isdigit():
             raise UpstreamError("conflicting or invalid Content-Length")
-        return Head(status, reason, headers, keep_alive, int(next(iter(lengths))), False)
-    return Head(status, reason, headers, False, None, False)
+        length = int(next(iter(lengths)))
+    else:
+        keep_alive = False  # until close
+    return Head(status, reason, headers, keep_alive, length, chunked, tokens,
+                text[len(status_line):], has_date)
 
 
 def request_head(method: str, target: str, headers: Iterable[tuple[str, str]],

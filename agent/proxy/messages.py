@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http
 import json
+import re
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -21,12 +22,13 @@ from urllib.parse import unquote
 import httptools
 
 from agent.errors import AgentError
-from agent.proxy.headers import response_items
+from agent.proxy.headers import strip_hop_by_hop
 from agent.proxy.http1 import Head
 
 __all__ = ["BadTarget", "OutFraming", "error_response", "http_date", "response_head", "split_target"]
 
 _date_cache: tuple[int, str] = (0, "")
+_LENGTH_LINES = re.compile(r"\r\ncontent-length:[^\r\n]*", re.IGNORECASE | re.ASCII)
 
 
 def http_date() -> str:
@@ -64,25 +66,20 @@ def response_head(head: Head, *, http10: bool, keep_alive: bool) -> tuple[bytes,
     chunked = not known_length and not http10
     if not known_length and http10:
         keep_alive = False
-    lines = [f"HTTP/1.1 {head.status} {head.reason}"]
-    has_date = False
-    for name, value in response_items(head.headers):
-        lower = name.lower()
-        if lower == "content-length" and not known_length:
-            continue  # the body is re-framed: a length alongside would contradict it
-        if lower == "date":
-            has_date = True
-        lines.append(f"{name}: {value}")
-    if not has_date:
-        lines.append(f"Date: {http_date()}")
+    fields = strip_hop_by_hop(head.fields, head.connection)
+    if not known_length:  # the body is re-framed: a length alongside would contradict it
+        fields = _LENGTH_LINES.sub("", fields)
+    parts = [f"HTTP/1.1 {head.status} {head.reason}", fields]
+    if not head.has_date:
+        parts.append(f"\r\nDate: {http_date()}")
     if chunked:
-        lines.append("Transfer-Encoding: chunked")
+        parts.append("\r\nTransfer-Encoding: chunked")
     if not keep_alive:
-        lines.append("Connection: close")
+        parts.append("\r\nConnection: close")
     elif http10:
-        lines.append("Connection: keep-alive")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape"), OutFraming(chunked, keep_alive)
+        parts.append("\r\nConnection: keep-alive")
+    parts.append("\r\n\r\n")
+    return "".join(parts).encode("utf-8", "surrogateescape"), OutFraming(chunked, keep_alive)
 
 
 def error_response(error: AgentError, *, head_only: bool, keep_alive: bool) -> bytes:

@@ -9,18 +9,21 @@ folding, header names with spaces) is refused rather than guessed at.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 __all__ = ["MAX_HEAD", "Head", "UpstreamError", "UpstreamNotSent", "parse_head", "request_head"]
 
 MAX_HEAD = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
-# Each header line: a token, a colon, the value without the whitespace around it.
-_FIELDS = re.compile(r"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|\Z)")
-_NOTED_LENGTHS = frozenset(map(len, ("content-length", "transfer-encoding", "connection",
-                                     "date")))
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# Each header line: a token, a colon, the value after the whitespace before it.
+_FIELDS = re.compile(rf"\r\n({_TOKEN}):[ \t]*([^\r\n]*)")
+_VALID_FIELDS = re.compile(rf"(?:\r\n{_TOKEN}:[^\r\n]*)*")
+# The fields that frame the body, or that the proxy adds when missing.
+_NOTED = re.compile(r"\r\n(date|content-length|transfer-encoding|connection):[ \t]*([^\r\n]*)",
+                    re.IGNORECASE | re.ASCII)
 
 
 class UpstreamError(Exception):
@@ -32,19 +35,37 @@ class UpstreamNotSent(UpstreamError):
     for a request without a body, which it could not have read in full)."""
 
 
-@dataclass(slots=True)
 class Head:
     """A parsed response head and how its body is framed."""
 
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    keep_alive: bool
-    length: int | None  # body length; None = chunked or until close
-    chunked: bool
-    connection: frozenset[str] = frozenset()  # the Connection header's tokens, lower-case
-    fields: str = ""  # the header lines as received, each after its CRLF
-    has_date: bool = False
+    __slots__ = ("chunked", "connection", "fields", "has_date", "keep_alive", "length",
+                 "reason", "status")
+
+    def __init__(self, status: int, reason: str, fields: str, *, keep_alive: bool,
+                 length: int | None, chunked: bool, connection: frozenset[str] = frozenset(),
+                 has_date: bool = False) -> None:
+        self.status = status
+        self.reason = reason
+        self.fields = fields  # the header lines as received, each after its CRLF
+        self.keep_alive = keep_alive
+        self.length = length  # body length; None = chunked or until close
+        self.chunked = chunked
+        self.connection = connection  # the Connection header's tokens, lower-case
+        self.has_date = has_date
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The header fields, in order, values trimmed."""
+        return [(name, value.rstrip(" \t")) for name, value in _FIELDS.findall(self.fields)]
+
+    def __repr__(self) -> str:
+        return (f"Head({self.status} {self.reason!r}, length={self.length}, "
+                f"chunked={self.chunked}, keep_alive={self.keep_alive})")
+
+
+@functools.lru_cache(maxsize=128)
+def _tokens(connection: str) -> frozenset[str]:
+    return frozenset(t.strip() for t in connection.split(",")) - {""}
 
 
 def parse_head(raw: bytes, method: str) -> Head:
@@ -62,27 +83,24 @@ def parse_head(raw: bytes, method: str) -> Head:
             or code[0] == "0"):
         raise UpstreamError("malformed status line")
     status = int(code)
-    reason = status_line[13:]
-    headers: list[tuple[str, str]] = _FIELDS.findall(text, len(status_line))
-    if len(headers) != crlf:  # a line that is no field: no name, spaces
+    fields = text[len(status_line):]
+    if not _VALID_FIELDS.fullmatch(fields):  # a line that is no field: no name, spaces
         raise UpstreamError("malformed header line")  # around it, obsolete line folding
     lengths: set[str] = set()
     encodings: list[str] = []
     connection = ""
     has_date = False
-    for name, value in headers:
-        if len(name) in _NOTED_LENGTHS:
-            lower = name.lower()
-            if lower == "date":
-                has_date = True
-            elif lower == "content-length":
-                lengths.add(value)
-            elif lower == "transfer-encoding":
-                encodings += [e.strip().lower() for e in value.split(",") if e.strip()]
-            elif lower == "connection":
-                connection += "," + value.lower()
-    tokens = (frozenset(t.strip() for t in connection.split(",")) - {""} if connection
-              else frozenset())
+    for name, value in _NOTED.findall(fields):
+        lower = name.lower()
+        if lower == "date":
+            has_date = True
+        elif lower == "content-length":
+            lengths.add(value.rstrip(" \t"))
+        elif lower == "transfer-encoding":
+            encodings += [e.strip().lower() for e in value.split(",") if e.strip()]
+        else:
+            connection += "," + value.lower()
+    tokens = _tokens(connection) if connection else frozenset()
     keep_alive = ("close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens)
     length: int | None = None
     chunked = False
@@ -92,13 +110,14 @@ def parse_head(raw: bytes, method: str) -> Head:
         chunked = encodings[-1] == "chunked"
         keep_alive = keep_alive and chunked  # another coding: the body ends with the connection
     elif lengths:
-        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+        value = next(iter(lengths))
+        if len(lengths) != 1 or not value.isascii() or not value.isdigit():
             raise UpstreamError("conflicting or invalid Content-Length")
-        length = int(next(iter(lengths)))
+        length = int(value)
     else:
         keep_alive = False  # until close
-    return Head(status, reason, headers, keep_alive, length, chunked, tokens,
-                text[len(status_line):], has_date)
+    return Head(status, status_line[13:], fields, keep_alive=keep_alive, length=length,
+                chunked=chunked, connection=tokens, has_date=has_date)
 
 
 def request_head(method: str, target: str, headers: Iterable[tuple[str, str]],

@@ -301,8 +301,9 @@ class Connection(asyncio.Protocol):
         finally:
             timer.cancel()
 
-    def begin(self, method: str, sink: Sink | None = None) -> None:
-        """Reset for a new exchange on this (idle) connection; pushed to ``sink`` if given."""
+    def begin(self, method: str, sink: Sink | None = None, data: bytes = b"") -> None:
+        """Reset for a new exchange on this (idle) connection; pushed to ``sink`` if given,
+        with ``data`` (the request head, maybe more) written at once."""
         self._method = method
         self._head = None
         self._pieces.clear()
@@ -322,6 +323,8 @@ class Connection(asyncio.Protocol):
                 # exchanges keep the connection busy, and lapses once it is idle.
                 self._timer = self._loop.call_at(self._activity + self._read_timeout,
                                                  self._check_silence)
+            if data and self.transport is not None and not self.closed:
+                self.transport.write(data)
 
     def send(self, data: bytes) -> None:
         """Pushed mode: write request bytes (counts as activity for the timeout)."""

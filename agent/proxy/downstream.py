@@ -32,8 +32,14 @@ import structlog
 
 from agent.errors import AgentError, BadGateway, InvalidRequest, MethodNotAllowed, NotFound
 from agent.proxy.chunked import ChunkedDecoder, ChunkedError
-from agent.proxy.exchange import Exchange, Outgoing
-from agent.proxy.headers import TrustedNetworks, forwarded_items
+from agent.proxy.exchange import Exchange
+from agent.proxy.headers import (
+    HOP_BY_HOP,
+    TrustedNetworks,
+    forwarded_items,
+    forwarded_lines,
+    request_lines,
+)
 from agent.proxy.http1 import request_head
 from agent.proxy.locator import ServiceLocator, Upstream
 from agent.proxy.messages import BadTarget, error_response, split_target
@@ -50,6 +56,15 @@ _PIPELINE_LIMIT = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _READ_PIPELINE = 4  # a reason to pause reading (see exchange.READ_*)
 _HEAD, _BODY, _WAIT, _CLOSED, _HANDED = range(5)
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+# Lengths of the request fields read here: others are skipped without lower-casing them.
+_NOTED_LENGTHS = frozenset(map(len, ("host", "content-length", "transfer-encoding", "expect",
+                                     "upgrade", "connection", "x-forwarded-for",
+                                     "x-forwarded-host", "x-forwarded-proto")))
+
+
+def _tokens(connection: str) -> frozenset[str]:
+    return frozenset(t.strip() for t in connection.split(",")) - {""}
 
 Handoff = Callable[[asyncio.Transport, bytes], None]
 
@@ -192,6 +207,7 @@ class ClientConnection(asyncio.Protocol):
             self._crashed(exc)
 
     def _parse_heads(self) -> None:
+        """Read the requests in the buffer, one at a time (see the module doc)."""
         if self._parsing:
             return  # re-entered through a drained body: the outer loop goes on
         self._parsing = True
@@ -207,34 +223,32 @@ class ClientConnection(asyncio.Protocol):
             if end < 0:
                 if len(buf) > MAX_REQUEST_HEAD:
                     self._reject(HeadTooLarge())
-                elif b"\n\n" in buf:  # bare LF line ends: let the parser refuse it
-                    self._feed_head(buf)
-                    continue
-                elif self._eof:
-                    self._close()
-                return
-            if end + 4 > MAX_REQUEST_HEAD:
+                    return
+                if b"\n\n" not in buf:  # else bare LF line ends: let the parser refuse them
+                    if self._eof:
+                        self._close()
+                    return
+                end = len(buf) - 4
+            elif end + 4 > MAX_REQUEST_HEAD:
                 self._reject(HeadTooLarge())
                 return
-            self._feed_head(buf[:end + 4])
-
-    def _feed_head(self, head: bytes) -> None:
-        self._buffer = self._buffer[len(head):]
-        parser = self._parser
-        if parser is None:
-            parser = self._parser = httptools.HttpRequestParser(self)
-        self._url = b""
-        self._headers = []
-        self._head_done = False
-        try:
-            parser.feed_data(head)
-        except httptools.HttpParserUpgrade:
-            self._parser = None  # llhttp stops at an upgrade: a fresh parser for what follows
-        except httptools.HttpParserError:
-            self._reject(InvalidRequest("Malformed HTTP request"))
-            return
-        if self._head_done:
-            self._request(parser, head)
+            head = buf[:end + 4]
+            self._buffer = buf[end + 4:]
+            parser = self._parser
+            if parser is None:
+                parser = self._parser = httptools.HttpRequestParser(self)
+            self._url = b""
+            self._headers = []
+            self._head_done = False
+            try:
+                parser.feed_data(head)
+            except httptools.HttpParserUpgrade:
+                self._parser = None  # llhttp stops at an upgrade: a fresh one for what follows
+            except httptools.HttpParserError:
+                self._reject(InvalidRequest("Malformed HTTP request"))
+                return
+            if self._head_done:
+                self._request(parser, head)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -246,16 +260,21 @@ class ClientConnection(asyncio.Protocol):
         self._head_done = True
 
     def _request(self, parser: httptools.HttpRequestParser, raw_head: bytes) -> None:
-        method = parser.get_method().decode("ascii", "replace")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         http10 = parser.get_http_version() == "1.0"
         keep_alive = parser.should_keep_alive() and not self._core.closing
         host: str | None = None
         length = 0
-        chunked = expect = False
+        chunked = expect = prior = False
         upgrade = connection = ""
         for name, value in self._headers:
+            if len(name) not in _NOTED_LENGTHS:
+                continue
             lower = name.lower()
-            if lower == "host":
+            if lower.startswith("x-forwarded-"):
+                prior = True
+            elif lower == "host":
                 if host is not None:
                     return self._reject(InvalidRequest("More than one Host header"))
                 host = value
@@ -280,35 +299,52 @@ class ClientConnection(asyncio.Protocol):
         has_body = chunked or length > 0
         if has_body:
             self._parser = None  # llhttp would read the body: the next head gets a fresh one
-        route = self._core.table.match(host_of(host or ""), path)
+        core = self._core
+        route = core.table.match(host_of(host) if host else "", path)
         if route is None:
             return self._answer(NotFound("No route for this host and path"), method, keep_alive,
                                 has_body, length, chunked)
-        where = self._core.locator.target(route.service_id, route.port)
+        where = core.locator.target(route.service_id, route.port)
         if where is None:
             return self._answer(BadGateway("The service is not running"), method, keep_alive,
                                 has_body, length, chunked)
-        websocket = (method == "GET" and upgrade == "websocket"
-                     and "upgrade" in {t.strip() for t in connection.split(",")})
-        if websocket or not isinstance(where, Upstream):
+        if (upgrade == "websocket" and method == "GET"
+                and "upgrade" in {t.strip() for t in connection.split(",")}):
             return self._handoff(raw_head)
-        items = forwarded_items(self._headers, peer=self._peer, host=host or "", scheme="http",
-                                trusted=self._core.trusted)
-        if host is None:  # an HTTP/1.0 client may send none; HTTP/1.1 needs one upstream
-            items.append(("Host", where.authority))
-        head = request_head(method, target.decode("utf-8", "surrogateescape"), items,
-                            chunked)
+        if not isinstance(where, Upstream):
+            return self._handoff(raw_head)  # a static site
+        if (raw_head[:1] in (b"\r", b"\n") or self._url[:1] != b"/"
+                or (connection and not _tokens(connection) <= HOP_BY_HOP)
+                or (prior and core.trusted.contains(self._peer))):
+            items = forwarded_items(self._headers, peer=self._peer, host=host or "",
+                                    scheme="http", trusted=core.trusted)
+            if host is None:  # an HTTP/1.0 client may send none; HTTP/1.1 needs one upstream
+                items.append(("Host", where.authority))
+            head = request_head(method, target, items, chunked)
+        else:  # the usual case: the client's own lines, hop-by-hop ones removed
+            line_end = raw_head.find(b"\r\n")
+            line = raw_head[:line_end - 3] + b"1.1" if http10 else raw_head[:line_end]
+            head = b"".join((
+                line, request_lines(raw_head[line_end:-4]),
+                forwarded_lines(self._peer, host or "", "http"),
+                b"" if host is not None else b"\r\nHost: " + where.authority.encode(),
+                b"\r\nTransfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n\r\n"))
         if expect and has_body and not http10:
             self.transport.write(_CONTINUE)
-        exchange = Exchange(self._core, self, Outgoing(
-            method, head, has_body=has_body, chunked=chunked, http10=http10,
-            keep_alive=keep_alive), route, where)
-        self._exchange = exchange
-        self._start_body(has_body, length, chunked)
-        exchange.start()
-        if self._state == _BODY and self._buffer:
-            data, self._buffer = self._buffer, b""
-            self._feed_body(data)
+        exchange = self._exchange = Exchange(
+            core, self, route, where, method, head,
+            has_body=has_body, chunked=chunked, http10=http10, keep_alive=keep_alive)
+        if has_body:
+            self._state = _BODY
+            self._chunks = ChunkedDecoder() if chunked else None
+            self._body_left = length
+            exchange.start()
+            if self._buffer:
+                data, self._buffer = self._buffer, b""
+                self._feed_body(data)
+        else:
+            self._state = _WAIT
+            exchange.start()
 
     def _start_body(self, has_body: bool, length: int, chunked: bool) -> None:
         if not has_body:

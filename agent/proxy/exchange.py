@@ -38,7 +38,7 @@ from agent.proxy.messages import OutFraming, error_response, response_head
 from agent.proxy.routes import Route
 from agent.proxy.upstream import UpstreamPool
 
-__all__ = ["READ_PENDING", "READ_UPSTREAM", "Client", "Context", "Exchange", "Outgoing"]
+__all__ = ["IDEMPOTENT", "READ_PENDING", "READ_UPSTREAM", "Client", "Context", "Exchange"]
 
 log = structlog.get_logger("agent.proxy")
 
@@ -75,21 +75,6 @@ class Client(Protocol):
         """The answer was cut short after it started: the connection must close."""
 
 
-class Outgoing:
-    """The request as it goes upstream."""
-
-    __slots__ = ("chunked", "has_body", "head", "http10", "keep_alive", "method")
-
-    def __init__(self, method: str, head: bytes, *, has_body: bool, chunked: bool,
-                 http10: bool, keep_alive: bool) -> None:
-        self.method = method
-        self.head = head  # request line and headers, framing included
-        self.has_body = has_body
-        self.chunked = chunked  # the body is re-encoded in chunks
-        self.http10 = http10
-        self.keep_alive = keep_alive  # the client allows keep-alive
-
-
 def _where(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
@@ -101,15 +86,24 @@ def _where(exc: BaseException) -> str:
 class Exchange:
     """One request/response between a client connection and an app (see the module doc)."""
 
-    __slots__ = ("_body_complete", "_body_sent", "_client", "_conn", "_ctx", "_finished",
-                 "_framing", "_key", "_out_head", "_pending", "_pending_size", "_request",
-                 "_route", "_stale_retried", "_target", "_target_retried", "_task")
+    __slots__ = ("_body_complete", "_body_sent", "_chunked", "_client", "_conn", "_ctx",
+                 "_finished", "_framing", "_has_body", "_head", "_http10", "_keep_alive", "_key",
+                 "_method", "_out_head", "_pending", "_pending_size", "_route", "_stale_retried",
+                 "_target", "_target_retried", "_task")
 
-    def __init__(self, ctx: Context, client: Client, request: Outgoing, route: Route,
-                 target: Upstream) -> None:
+    def __init__(self, ctx: Context, client: Client, route: Route, target: Upstream,
+                 method: str, head: bytes, *, has_body: bool, chunked: bool, http10: bool,
+                 keep_alive: bool) -> None:
+        """``head``: the request head for the app, framing included; ``chunked``: the body
+        is re-encoded in chunks; ``keep_alive``: the client allows keep-alive."""
         self._ctx = ctx
         self._client = client
-        self._request = request
+        self._method = method
+        self._head = head
+        self._has_body = has_body
+        self._chunked = chunked
+        self._http10 = http10
+        self._keep_alive = keep_alive
         self._route = route
         self._target = target
         self._key = (target.host, target.port)
@@ -117,7 +111,7 @@ class Exchange:
         self._task: asyncio.Task[None] | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
-        self._body_complete = not request.has_body
+        self._body_complete = not has_body
         self._body_sent = False
         self._framing: OutFraming | None = None
         self._out_head = b""  # the response head, written with the first piece of body
@@ -160,15 +154,14 @@ class Exchange:
 
     def _attach(self, conn: Connection) -> None:
         self._conn = conn
-        conn.begin(self._request.method, self)
-        data = self._request.head
+        data = self._head
         if self._pending:
             data += b"".join(self._pending)
             self._pending.clear()
             self._pending_size = 0
             self._body_sent = True
             self._client.unblock_reading(READ_PENDING)
-        conn.send(data)
+        conn.begin(self._method, self, data)
         if self._client.writing_paused:
             conn.hold()
 
@@ -176,12 +169,12 @@ class Exchange:
 
     def request_body(self, piece: bytes) -> None:
         """A piece of the client's body (not empty)."""
-        self._send(encode_chunk(piece) if self._request.chunked else piece)
+        self._send(encode_chunk(piece) if self._chunked else piece)
 
     def request_end(self) -> None:
         """The client's body is complete."""
         self._body_complete = True
-        if self._request.chunked:
+        if self._chunked:
             self._send(_LAST_CHUNK)
 
     def _send(self, data: bytes) -> None:
@@ -223,8 +216,8 @@ class Exchange:
     # -- the app's side (Sink) -----------------------------------------------------------------
 
     def upstream_head(self, head: Head) -> None:
-        keep_alive = self._request.keep_alive and not self._ctx.closing
-        self._out_head, self._framing = response_head(head, http10=self._request.http10,
+        keep_alive = self._keep_alive and not self._ctx.closing
+        self._out_head, self._framing = response_head(head, http10=self._http10,
                                                       keep_alive=keep_alive)
 
     def upstream_body(self, piece: bytes) -> None:
@@ -281,8 +274,8 @@ class Exchange:
                     error_type=type(exc).__name__)
         # Closed without a byte of answer, before any body: the app did not act on it (as
         # HTTP clients reason when they retry).
-        silent = not conn.received_any and not self._request.has_body
-        idempotent = self._request.method in IDEMPOTENT
+        silent = not conn.received_any and not self._has_body
+        idempotent = self._method in IDEMPOTENT
         if silent and idempotent and conn.reused and not self._stale_retried:
             self._stale_retried = True  # closed by the app while idle in the pool
             self.start()
@@ -310,9 +303,9 @@ class Exchange:
     def _answer(self, error: AgentError) -> None:
         if self._finished:
             return
-        keep_alive = self._request.keep_alive and not self._ctx.closing
+        keep_alive = self._keep_alive and not self._ctx.closing
         self._client.transport.write(error_response(
-            error, head_only=self._request.method == "HEAD", keep_alive=keep_alive))
+            error, head_only=self._method == "HEAD", keep_alive=keep_alive))
         self._finish(keep_alive)
 
     def _finish(self, keep_alive: bool) -> None:

@@ -22,7 +22,9 @@ __all__ = [
     "HOP_BY_HOP",
     "TrustedNetworks",
     "forwarded_items",
+    "forwarded_lines",
     "forwarded_request_headers",
+    "request_lines",
     "response_headers",
     "response_items",
     "strip_hop_by_hop",
@@ -146,3 +148,25 @@ def strip_hop_by_hop(fields: str, listed: frozenset[str]) -> str:
     of ``response_items`` applied to the text in one pass. ``listed``: the Connection
     header's tokens."""
     return _hop_lines(listed - HOP_BY_HOP if listed else frozenset()).sub("", fields)
+
+
+# What forwarded_items drops (websockets aside), as one pass over raw header lines.
+_REQUEST_DROP_LINES = re.compile(
+    rb"\r\n(?:" + b"|".join(re.escape(name.encode()) for name in
+                          sorted(HOP_BY_HOP | _FORWARDED | _REQUEST_OWN))
+    + rb"|proxy-[^:\r\n]*):[^\r\n]*", re.IGNORECASE)
+
+
+def request_lines(fields: bytes) -> bytes:
+    """The client's header lines (raw, each after its CRLF, as llhttp accepted them) minus
+    those ``forwarded_items`` drops, for a request whose Connection header names only
+    hop-by-hop headers and whose X-Forwarded-* headers, if any, are not believed; append
+    ``forwarded_lines``. The same result as ``forwarded_items`` then, without decoding."""
+    return _REQUEST_DROP_LINES.sub(b"", fields)
+
+
+def forwarded_lines(peer: str | None, host: str, scheme: str) -> bytes:
+    """The X-Forwarded-* lines for a client whose own are not believed (see
+    ``request_lines``), each after its CRLF."""
+    return (f"\r\nX-Forwarded-For: {peer or 'unknown'}\r\nX-Forwarded-Proto: {scheme}"
+            f"\r\nX-Forwarded-Host: {host}").encode("utf-8", "surrogateescape")

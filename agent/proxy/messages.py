@@ -100,7 +100,7 @@ class BadTarget(ValueError):
     """The request target is not one the proxy forwards."""
 
 
-def split_target(raw: bytes) -> tuple[bytes, str]:
+def split_target(raw: bytes) -> tuple[str, str]:
     """(target to send upstream, percent-decoded path for route matching).
 
     Origin-form (``/path?query``) goes upstream as the client sent it (the app decodes it
@@ -108,10 +108,10 @@ def split_target(raw: bytes) -> tuple[bytes, str]:
     asterisk form is kept for OPTIONS. Raises ``BadTarget`` for anything else (authority
     form, garbage).
     """
-    if raw.startswith(b"/"):
-        target = raw
+    if raw[:1] == b"/":
+        target = raw.decode("utf-8", "surrogateescape")
     elif raw == b"*":
-        return raw, "*"
+        return "*", "*"
     else:
         try:
             url = httptools.parse_url(raw)
@@ -119,8 +119,9 @@ def split_target(raw: bytes) -> tuple[bytes, str]:
             raise BadTarget("malformed request target") from None
         if url.schema not in (b"http", b"https") or not url.host:
             raise BadTarget("unsupported request target")
-        target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
-    path = target.split(b"?", 1)[0].decode("utf-8", "surrogateescape")
+        target = ((url.path or b"/") + (b"?" + url.query if url.query else b"")).decode(
+            "utf-8", "surrogateescape")
+    path = target.partition("?")[0]
     if "%" in path:
         path = unquote(path, errors="surrogateescape")
     return target, path

@@ -17,13 +17,13 @@ __all__ = ["MAX_HEAD", "Head", "UpstreamError", "UpstreamNotSent", "parse_head",
 
 MAX_HEAD = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # Each header line: a token, a colon, the value after the whitespace before it.
-_FIELDS = re.compile(rf"\r\n({_TOKEN}):[ \t]*([^\r\n]*)")
-_VALID_FIELDS = re.compile(rf"(?:\r\n{_TOKEN}:[^\r\n]*)*")
+_FIELDS = re.compile(rb"\r\n(" + _TOKEN + rb"):[ \t]*([^\r\n]*)")
+_VALID_FIELDS = re.compile(rb"(?:\r\n" + _TOKEN + rb":[^\r\n]*)*")
 # The fields that frame the body, or that the proxy adds when missing.
-_NOTED = re.compile(r"\r\n(date|content-length|transfer-encoding|connection):[ \t]*([^\r\n]*)",
-                    re.IGNORECASE | re.ASCII)
+_NOTED = re.compile(rb"\r\n(date|content-length|transfer-encoding|connection):[ \t]*([^\r\n]*)",
+                    re.IGNORECASE)
 
 
 class UpstreamError(Exception):
@@ -39,13 +39,13 @@ class Head:
     """A parsed response head and how its body is framed."""
 
     __slots__ = ("chunked", "connection", "fields", "has_date", "keep_alive", "length",
-                 "reason", "status")
+                 "status", "status_line")
 
-    def __init__(self, status: int, reason: str, fields: str, *, keep_alive: bool,
-                 length: int | None, chunked: bool, connection: frozenset[str] = frozenset(),
+    def __init__(self, status: int, status_line: bytes, fields: bytes, *, keep_alive: bool,
+                 length: int | None, chunked: bool, connection: frozenset[bytes] = frozenset(),
                  has_date: bool = False) -> None:
         self.status = status
-        self.reason = reason
+        self.status_line = status_line  # as received
         self.fields = fields  # the header lines as received, each after its CRLF
         self.keep_alive = keep_alive
         self.length = length  # body length; None = chunked or until close
@@ -54,69 +54,74 @@ class Head:
         self.has_date = has_date
 
     @property
+    def reason(self) -> str:
+        # Not surrogateescape: aiohttp writes response headers as strict UTF-8.
+        return self.status_line[13:].decode("utf-8", "replace")
+
+    @property
     def headers(self) -> list[tuple[str, str]]:
-        """The header fields, in order, values trimmed."""
-        return [(name, value.rstrip(" \t")) for name, value in _FIELDS.findall(self.fields)]
+        """The header fields, in order, values trimmed (decoded as UTF-8, for aiohttp)."""
+        return [(name.decode("ascii"), value.rstrip(b" \t").decode("utf-8", "replace"))
+                for name, value in _FIELDS.findall(self.fields)]
 
     def __repr__(self) -> str:
-        return (f"Head({self.status} {self.reason!r}, length={self.length}, "
-                f"chunked={self.chunked}, keep_alive={self.keep_alive})")
+        return (f"Head({self.status_line!r}, length={self.length}, chunked={self.chunked}, "
+                f"keep_alive={self.keep_alive})")
 
 
 @functools.lru_cache(maxsize=128)
-def _tokens(connection: str) -> frozenset[str]:
-    return frozenset(t.strip() for t in connection.split(",")) - {""}
+def _tokens(connection: bytes) -> frozenset[bytes]:
+    return frozenset(t.strip() for t in connection.split(b",")) - {b""}
 
 
 def parse_head(raw: bytes, method: str) -> Head:
-    """The head of a response to ``method``; UpstreamError if it is not valid HTTP/1.1."""
-    # Not surrogateescape: aiohttp writes response headers as strict UTF-8.
-    text = raw.decode("utf-8", "replace")
-    crlf = text.count("\r\n")
-    if text.count("\r") != crlf or text.count("\n") != crlf or "\x00" in text:
+    """The head of a response to ``method`` (without its blank line); UpstreamError if it
+    is not valid HTTP/1.1. Bytes throughout: the head is relayed as received, minus what the
+    proxy removes."""
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf or b"\x00" in raw:
         raise UpstreamError("bare CR, LF or NUL in the response head")  # no header injection
-    line_end = text.find("\r\n")
-    status_line = text if line_end < 0 else text[:line_end]
+    line_end = raw.find(b"\r\n")
+    status_line = raw if line_end < 0 else raw[:line_end]
     version, code = status_line[:8], status_line[9:12]
-    if (version not in ("HTTP/1.1", "HTTP/1.0") or status_line[8:9] != " " or len(code) != 3
-            or not code.isascii() or not code.isdigit() or status_line[12:13] not in ("", " ")
-            or code[0] == "0"):
+    if (version not in (b"HTTP/1.1", b"HTTP/1.0") or status_line[8:9] != b" " or len(code) != 3
+            or not code.isdigit() or status_line[12:13] not in (b"", b" ") or code[:1] == b"0"):
         raise UpstreamError("malformed status line")
     status = int(code)
-    fields = text[len(status_line):]
+    fields = raw[len(status_line):]
     if not _VALID_FIELDS.fullmatch(fields):  # a line that is no field: no name, spaces
         raise UpstreamError("malformed header line")  # around it, obsolete line folding
-    lengths: set[str] = set()
-    encodings: list[str] = []
-    connection = ""
+    lengths: set[bytes] = set()
+    encodings: list[bytes] = []
+    connection = b""
     has_date = False
     for name, value in _NOTED.findall(fields):
         lower = name.lower()
-        if lower == "date":
+        if lower == b"date":
             has_date = True
-        elif lower == "content-length":
-            lengths.add(value.rstrip(" \t"))
-        elif lower == "transfer-encoding":
-            encodings += [e.strip().lower() for e in value.split(",") if e.strip()]
+        elif lower == b"content-length":
+            lengths.add(value.rstrip(b" \t"))
+        elif lower == b"transfer-encoding":
+            encodings += [e.strip().lower() for e in value.split(b",") if e.strip()]
         else:
-            connection += "," + value.lower()
+            connection += b"," + value.lower()
     tokens = _tokens(connection) if connection else frozenset()
-    keep_alive = ("close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens)
+    keep_alive = (b"close" not in tokens if version == b"HTTP/1.1" else b"keep-alive" in tokens)
     length: int | None = None
     chunked = False
     if method == "HEAD" or status < 200 or status in _NO_BODY_STATUS:
         length = 0
     elif encodings:
-        chunked = encodings[-1] == "chunked"
+        chunked = encodings[-1] == b"chunked"
         keep_alive = keep_alive and chunked  # another coding: the body ends with the connection
     elif lengths:
         value = next(iter(lengths))
-        if len(lengths) != 1 or not value.isascii() or not value.isdigit():
+        if len(lengths) != 1 or not value.isdigit():
             raise UpstreamError("conflicting or invalid Content-Length")
         length = int(value)
     else:
         keep_alive = False  # until close
-    return Head(status, status_line[13:], fields, keep_alive=keep_alive, length=length,
+    return Head(status, status_line, fields, keep_alive=keep_alive, length=length,
                 chunked=chunked, connection=tokens, has_date=has_date)
 
 

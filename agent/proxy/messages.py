@@ -28,7 +28,7 @@ from agent.proxy.http1 import Head
 __all__ = ["BadTarget", "OutFraming", "error_response", "http_date", "response_head", "split_target"]
 
 _date_cache: tuple[int, str] = (0, "")
-_LENGTH_LINES = re.compile(r"\r\ncontent-length:[^\r\n]*", re.IGNORECASE | re.ASCII)
+_LENGTH_LINES = re.compile(rb"\r\ncontent-length:[^\r\n]*", re.IGNORECASE)
 
 
 def http_date() -> str:
@@ -68,18 +68,20 @@ def response_head(head: Head, *, http10: bool, keep_alive: bool) -> tuple[bytes,
         keep_alive = False
     fields = strip_hop_by_hop(head.fields, head.connection)
     if not known_length:  # the body is re-framed: a length alongside would contradict it
-        fields = _LENGTH_LINES.sub("", fields)
-    parts = [f"HTTP/1.1 {head.status} {head.reason}", fields]
+        fields = _LENGTH_LINES.sub(b"", fields)
+    status_line = head.status_line
+    parts = [b"HTTP/1.1" + status_line[8:] if len(status_line) > 12 else
+             b"HTTP/1.1 %d " % head.status, fields]
     if not head.has_date:
-        parts.append(f"\r\nDate: {http_date()}")
+        parts.append(b"\r\nDate: " + http_date().encode())
     if chunked:
-        parts.append("\r\nTransfer-Encoding: chunked")
+        parts.append(b"\r\nTransfer-Encoding: chunked")
     if not keep_alive:
-        parts.append("\r\nConnection: close")
+        parts.append(b"\r\nConnection: close")
     elif http10:
-        parts.append("\r\nConnection: keep-alive")
-    parts.append("\r\n\r\n")
-    return "".join(parts).encode("utf-8", "surrogateescape"), OutFraming(chunked, keep_alive)
+        parts.append(b"\r\nConnection: keep-alive")
+    parts.append(b"\r\n\r\n")
+    return b"".join(parts), OutFraming(chunked, keep_alive)
 
 
 def error_response(error: AgentError, *, head_only: bool, keep_alive: bool) -> bytes:

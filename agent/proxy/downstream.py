@@ -128,6 +128,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._head_done = False
+        self._keep_alive = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -258,12 +259,14 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._head_done = True
+        # Now: llhttp forgets what the Connection header said once the message is complete.
+        self._keep_alive = self._parser is not None and self._parser.should_keep_alive()
 
     def _request(self, parser: httptools.HttpRequestParser, raw_head: bytes) -> None:
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         http10 = parser.get_http_version() == "1.0"
-        keep_alive = parser.should_keep_alive() and not self._core.closing
+        keep_alive = self._keep_alive and not self._core.closing
         host: str | None = None
         length = 0
         chunked = expect = prior = False

@@ -37,6 +37,9 @@ class Sink(Protocol):
 
     def upstream_head(self, head: Head) -> None: ...
 
+    def upstream_whole(self, head: Head, body: bytes) -> None:
+        """The whole answer at once (instead of head, body and done); ends the exchange."""
+
     def upstream_body(self, piece: bytes) -> None: ...
 
     def upstream_flush(self) -> None:
@@ -169,8 +172,15 @@ class Connection(asyncio.Protocol):
             self._chunks = ChunkedDecoder()
         if head.length == 0:
             self._body_done = True
-        if self.sink is not None:
-            self.sink.upstream_head(head)
+        sink = self.sink
+        if sink is not None:
+            if head.length == len(rest):  # the whole answer in one read: the usual small one
+                self._remaining = 0
+                self._body_done = True
+                self._detach()
+                sink.upstream_whole(head, rest)
+                return
+            sink.upstream_head(head)
         elif self._head_waiter is not None and not self._head_waiter.done():
             self._head_waiter.set_result(head)
         if rest:

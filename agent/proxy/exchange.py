@@ -220,6 +220,15 @@ class Exchange:
         self._out_head, self._framing = response_head(head, http10=self._http10,
                                                       keep_alive=keep_alive)
 
+    def upstream_whole(self, head: Head, body: bytes) -> None:
+        conn, self._conn = self._conn, None
+        assert conn is not None
+        keep_alive = self._keep_alive and not self._ctx.closing
+        out, framing = response_head(head, http10=self._http10, keep_alive=keep_alive)
+        self._client.transport.write(out + body if body else out)
+        self._ctx.pool.release(self._key, conn, reuse=conn.reusable and self._body_complete)
+        self._finish(framing.keep_alive)
+
     def upstream_body(self, piece: bytes) -> None:
         assert self._framing is not None
         data = encode_chunk(piece) if self._framing.chunked else piece

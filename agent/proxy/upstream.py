@@ -152,10 +152,12 @@ class UpstreamPool:
         idle = self._idle.get(key)
         if not idle:
             return None
-        now = self._loop.time()
+        now = (self._running or self._loop).time()
         while idle:
             conn = idle.pop()  # the most recently used: the likeliest to be alive
-            if now - conn.idle_since < self._keepalive and conn.usable:
+            transport = conn.transport
+            if (now - conn.idle_since < self._keepalive and not conn.closed and not conn.tainted
+                    and transport is not None and not transport.is_closing()):  # conn.usable
                 conn.reused = True
                 return conn
             self._discard(key, conn)
@@ -192,12 +194,16 @@ class UpstreamPool:
     def release(self, key: tuple[str, int], conn: Connection, *, reuse: bool) -> None:
         """Return a connection after an exchange (closed unless ``reuse``)."""
         if reuse and not self._closed and not conn.closed:
-            loop = self._loop
+            loop = self._running or self._loop
             conn.idle_since = loop.time()
-            self._idle.setdefault(key, []).append(conn)
+            idle = self._idle.get(key)
+            if idle is None:
+                idle = self._idle[key] = []
+            idle.append(conn)
             if self._sweeper is None:
                 self._sweeper = loop.call_later(self._keepalive, self._sweep)
-            self._notify(key)
+            if self._waiters:
+                self._notify(key)
         else:
             self._discard(key, conn)
 

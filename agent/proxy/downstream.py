@@ -438,6 +438,7 @@ class ClientConnection(asyncio.Protocol):
     def exchange_done(self, keep_alive: bool) -> None:
         self._exchange = None
         self._since = self._loop.time()
+        keep_alive = keep_alive and not self._core.closing
         if self._state == _BODY:  # answered before the body was all here: drain it
             self._close_after_body = not keep_alive
             return

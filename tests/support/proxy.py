@@ -31,7 +31,8 @@ def pattern(size: int) -> bytes:
 class Backend:
     """An aiohttp app on a free loopback port: echo, streams, WebSocket echo.
 
-    ``slow_release`` holds ``/slow`` after its first chunk; ``upload_started`` is set when
+    ``slow_release`` holds ``/slow`` after its first chunk (``slow_started`` then set);
+    ``upload_started`` is set when
     ``/upload`` has received its first chunk, which ``upload_release`` then holds back.
     """
 
@@ -40,6 +41,7 @@ class Backend:
         self.port = free_port()
         self.requests = 0
         self.slow_release = asyncio.Event()
+        self.slow_started = asyncio.Event()
         self.upload_started = asyncio.Event()
         self.upload_release: asyncio.Event | None = None
         self.stopping = asyncio.Event()
@@ -83,6 +85,7 @@ class Backend:
         response = web.StreamResponse()
         await response.prepare(request)
         await response.write(b"first-chunk\n")
+        self.slow_started.set()
         await self.slow_release.wait()
         await response.write(b"last-chunk\n")
         await response.write_eof()

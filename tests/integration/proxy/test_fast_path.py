@@ -213,3 +213,28 @@ async def test_large_answers_reach_a_client_with_a_small_buffer(make_proxy: Make
         assert status == 200 and body == pattern(3_000_000)
         assert ("content-length" in headers) == bool(query)
     await client.close()
+
+
+async def test_stopping_lets_answers_under_way_finish_and_closes_idle_connections(
+        make_proxy: MakeProxy) -> None:
+    """When the proxy stops, an idle keep-alive connection closes at once, and an answer
+    under way completes before its connection closes."""
+    proxy = await _proxy_to_backend(make_proxy)
+    backend = proxy.backends[0]
+    idle = await RawClient.connect(proxy.url)
+    await idle.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    assert (await idle.response())[0] == 200
+    busy = await RawClient.connect(proxy.url)
+    await busy.send(b"GET /slow HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    answer = asyncio.create_task(busy.response())
+    await asyncio.wait_for(backend.slow_started.wait(), timeout=20)
+    stopping = asyncio.create_task(proxy.backend.stop())
+    assert await idle.closed()
+    assert not answer.done()
+    backend.slow_release.set()
+    status, _, body = await answer
+    assert (status, body) == (200, b"first-chunk\nlast-chunk\n")
+    assert await busy.closed()
+    await asyncio.wait_for(stopping, timeout=20)
+    for client in (idle, busy):
+        await client.close()

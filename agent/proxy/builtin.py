@@ -29,7 +29,8 @@ from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector
 from agent.clock import Clock
 from agent.config import ProxyConfig, parse_listen
 from agent.proxy.backend import BackendName, ProxyStatus
-from agent.proxy.downstream import ClientConnection, ProxyCore
+from agent.proxy.core import ProxyCore
+from agent.proxy.downstream import ClientConnection
 from agent.proxy.handoff import AiohttpSide
 from agent.proxy.headers import TrustedNetworks
 from agent.proxy.locator import ServiceLocator

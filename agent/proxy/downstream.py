@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -32,22 +31,19 @@ import structlog
 
 from agent.errors import AgentError, BadGateway, InvalidRequest, MethodNotAllowed, NotFound
 from agent.proxy.chunked import ChunkedDecoder, ChunkedError
+from agent.proxy.core import ProxyCore
 from agent.proxy.exchange import Exchange
-from agent.proxy.headers import (
-    HOP_BY_HOP,
-    TrustedNetworks,
-    forwarded_items,
-    forwarded_lines,
-    request_lines,
+from agent.proxy.locator import Upstream
+from agent.proxy.messages import (
+    BadTarget,
+    HeadTooLarge,
+    error_response,
+    split_target,
+    upstream_request_head,
 )
-from agent.proxy.http1 import request_head
-from agent.proxy.locator import ServiceLocator, Upstream
-from agent.proxy.messages import BadTarget, error_response, split_target
 from agent.proxy.names import host_of
-from agent.proxy.table import RouteTable
-from agent.proxy.upstream import UpstreamPool
 
-__all__ = ["MAX_REQUEST_HEAD", "ClientConnection", "HeadTooLarge", "ProxyCore"]
+__all__ = ["MAX_REQUEST_HEAD", "ClientConnection"]
 
 log = structlog.get_logger("agent.proxy")
 
@@ -62,46 +58,6 @@ _NOTED_LENGTHS = frozenset(map(len, ("host", "content-length", "transfer-encodin
                                      "upgrade", "connection", "x-forwarded-for",
                                      "x-forwarded-host", "x-forwarded-proto")))
 
-
-def _tokens(connection: str) -> frozenset[str]:
-    return frozenset(t.strip() for t in connection.split(",")) - {""}
-
-Handoff = Callable[[asyncio.Transport, bytes], None]
-
-
-class HeadTooLarge(AgentError):
-    status = 431
-    code = "request_header_fields_too_large"
-    default_message = "The request head is too large"
-
-
-class ProxyCore:
-    """What every client connection of one built-in proxy shares."""
-
-    def __init__(self, *, pool: UpstreamPool, locator: ServiceLocator,
-                 trusted: TrustedNetworks, handoff: Handoff, idle_timeout: float) -> None:
-        self.pool = pool
-        self.locator = locator
-        self.trusted = trusted
-        self.handoff = handoff
-        self.idle_timeout = idle_timeout
-        self.table = RouteTable()
-        self.closing = False
-        self.connections: set[ClientConnection] = set()
-        self.drained = asyncio.Event()  # set while no connection is open
-        self.drained.set()
-
-    def sweep(self, now: float) -> None:
-        """Close connections idle (or sending a head) for longer than ``idle_timeout``."""
-        for conn in list(self.connections):
-            conn.close_if_idle(now - self.idle_timeout)
-
-    def close_idle(self) -> None:
-        """Stopping: close every connection that is not answering a request now; the others
-        close once their answer is complete."""
-        self.closing = True
-        for conn in list(self.connections):
-            conn.close_if_idle(float("inf"))
 
 
 class ClientConnection(asyncio.Protocol):
@@ -137,8 +93,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else None
         self._since = self._loop.time()
-        self._core.connections.add(self)
-        self._core.drained.clear()
+        self._core.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
@@ -148,10 +103,7 @@ class ClientConnection(asyncio.Protocol):
         self._forget()
 
     def _forget(self) -> None:
-        core = self._core
-        core.connections.discard(self)
-        if not core.connections:
-            core.drained.set()
+        self._core.closed(self)
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -316,22 +268,11 @@ class ClientConnection(asyncio.Protocol):
             return self._handoff(raw_head)
         if not isinstance(where, Upstream):
             return self._handoff(raw_head)  # a static site
-        if (raw_head[:1] in (b"\r", b"\n") or self._url[:1] != b"/"
-                or (connection and not _tokens(connection) <= HOP_BY_HOP)
-                or (prior and core.trusted.contains(self._peer))):
-            items = forwarded_items(self._headers, peer=self._peer, host=host or "",
-                                    scheme="http", trusted=core.trusted)
-            if host is None:  # an HTTP/1.0 client may send none; HTTP/1.1 needs one upstream
-                items.append(("Host", where.authority))
-            head = request_head(method, target, items, chunked)
-        else:  # the usual case: the client's own lines, hop-by-hop ones removed
-            line_end = raw_head.find(b"\r\n")
-            line = raw_head[:line_end - 3] + b"1.1" if http10 else raw_head[:line_end]
-            head = b"".join((
-                line, request_lines(raw_head[line_end:-4]),
-                forwarded_lines(self._peer, host or "", "http"),
-                b"" if host is not None else b"\r\nHost: " + where.authority.encode(),
-                b"\r\nTransfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n\r\n"))
+        head = upstream_request_head(
+            raw_head, self._headers, method=method, origin_form=self._url[:1] == b"/",
+            target=target, http10=http10, host=host, authority=where.authority,
+            chunked=chunked, connection=connection, prior=prior, peer=self._peer,
+            trusted=core.trusted)
         if expect and has_body and not http10:
             self.transport.write(_CONTINUE)
         exchange = self._exchange = Exchange(

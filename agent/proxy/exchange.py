@@ -32,17 +32,16 @@ import structlog
 from agent.errors import AgentError, BadGateway, GatewayTimeout
 from agent.proxy.chunked import encode_chunk
 from agent.proxy.connection import Connection
-from agent.proxy.http1 import Head, UpstreamError
+from agent.proxy.http1 import IDEMPOTENT, Head, UpstreamError
 from agent.proxy.locator import ServiceLocator, Upstream
 from agent.proxy.messages import OutFraming, error_response, response_head
 from agent.proxy.routes import Route
 from agent.proxy.upstream import UpstreamPool
 
-__all__ = ["IDEMPOTENT", "READ_PENDING", "READ_UPSTREAM", "Client", "Context", "Exchange"]
+__all__ = ["READ_PENDING", "READ_UPSTREAM", "Client", "Context", "Exchange"]
 
 log = structlog.get_logger("agent.proxy")
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _PENDING_LIMIT = 256 * 1024
 _LAST_CHUNK = b"0\r\n\r\n"
 #: Reasons the client's reading is paused for (bits; see ``Client.block_reading``).

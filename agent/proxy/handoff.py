@@ -24,8 +24,8 @@ from aiohttp import ClientSession, web
 from yarl import URL
 
 from agent.errors import AgentError, BadGateway, GatewayTimeout, MethodNotAllowed, NotFound
-from agent.proxy.exchange import IDEMPOTENT
 from agent.proxy.headers import TrustedNetworks, forwarded_request_headers, response_headers
+from agent.proxy.http1 import IDEMPOTENT
 from agent.proxy.locator import ServiceLocator, StaticSite, Upstream
 from agent.proxy.names import host_of
 from agent.proxy.routes import Route

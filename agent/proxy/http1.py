@@ -13,9 +13,20 @@ import functools
 import re
 from collections.abc import Iterable
 
-__all__ = ["MAX_HEAD", "Head", "UpstreamError", "UpstreamNotSent", "parse_head", "request_head"]
+__all__ = [
+    "IDEMPOTENT",
+    "MAX_HEAD",
+    "Head",
+    "UpstreamError",
+    "UpstreamNotSent",
+    "parse_head",
+    "request_head",
+]
 
 MAX_HEAD = 64 * 1024
+#: Methods a client may repeat (RFC 9110 section 9.2.2): one that met a closed connection
+#: before any answer may be sent again.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _NO_BODY_STATUS = frozenset({204, 304})
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # Each header line: a token, a colon, the value after the whitespace before it.

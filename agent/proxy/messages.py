@@ -22,10 +22,26 @@ from urllib.parse import unquote
 import httptools
 
 from agent.errors import AgentError
-from agent.proxy.headers import strip_hop_by_hop
-from agent.proxy.http1 import Head
+from agent.proxy.headers import (
+    HOP_BY_HOP,
+    TrustedNetworks,
+    forwarded_items,
+    forwarded_lines,
+    request_lines,
+    strip_hop_by_hop,
+)
+from agent.proxy.http1 import Head, request_head
 
-__all__ = ["BadTarget", "OutFraming", "error_response", "http_date", "response_head", "split_target"]
+__all__ = [
+    "BadTarget",
+    "HeadTooLarge",
+    "OutFraming",
+    "error_response",
+    "http_date",
+    "response_head",
+    "split_target",
+    "upstream_request_head",
+]
 
 _date_cache: tuple[int, str] = (0, "")
 _LENGTH_LINES = re.compile(rb"\r\ncontent-length:[^\r\n]*", re.IGNORECASE)
@@ -96,6 +112,46 @@ def error_response(error: AgentError, *, head_only: bool, keep_alive: bool) -> b
     lines.append("\r\n")
     head = "\r\n".join(lines).encode("utf-8")
     return head if head_only else head + body
+
+
+class HeadTooLarge(AgentError):
+    status = 431
+    code = "request_header_fields_too_large"
+    default_message = "The request head is too large"
+
+
+def _tokens(connection: str) -> frozenset[str]:
+    return frozenset(t.strip() for t in connection.split(",")) - {""}
+
+
+def upstream_request_head(raw_head: bytes, headers: list[tuple[str, str]], *, method: str,
+                          origin_form: bool, target: str, http10: bool, host: str | None,
+                          authority: str, chunked: bool, connection: str, prior: bool,
+                          peer: str | None, trusted: TrustedNetworks) -> bytes:
+    """The request head for the app: the client's fields minus those ``forwarded_items``
+    drops, its X-Forwarded-* lines, Host (``authority``) when the client sent none (HTTP/1.0),
+    and the body's framing, on an HTTP/1.1 request line.
+
+    ``raw_head`` is the head as received (llhttp accepted it) and ``headers`` its fields
+    decoded; ``connection``: the Connection header's values joined with commas; ``prior``:
+    the client sent X-Forwarded-* headers. Usually the client's own lines are reused (one
+    regex pass, no decoding); through ``forwarded_items`` when Connection names other
+    headers, a trusted peer's X-Forwarded-* must be kept, or the target is not origin-form.
+    """
+    if (raw_head[:1] in (b"\r", b"\n") or not origin_form
+            or (connection and not _tokens(connection) <= HOP_BY_HOP)
+            or (prior and trusted.contains(peer))):
+        items = forwarded_items(headers, peer=peer, host=host or "", scheme="http",
+                                trusted=trusted)
+        if host is None:
+            items.append(("Host", authority))
+        return request_head(method, target, items, chunked)
+    line_end = raw_head.find(b"\r\n")
+    line = raw_head[:line_end - 3] + b"1.1" if http10 else raw_head[:line_end]
+    return b"".join((
+        line, request_lines(raw_head[line_end:-4]), forwarded_lines(peer, host or "", "http"),
+        b"" if host is not None else b"\r\nHost: " + authority.encode(),
+        b"\r\nTransfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n\r\n"))
 
 
 class BadTarget(ValueError):

@@ -31,11 +31,10 @@ from collections.abc import AsyncIterator, Iterable
 from aiohttp import StreamReader
 
 from agent.proxy.connection import Connection
-from agent.proxy.http1 import Head, UpstreamError, UpstreamNotSent, request_head
+from agent.proxy.http1 import IDEMPOTENT, Head, UpstreamError, UpstreamNotSent, request_head
 
 __all__ = ["UpstreamError", "UpstreamNotSent", "UpstreamPool", "UpstreamResponse"]
 
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class UpstreamResponse:
@@ -134,7 +133,7 @@ class UpstreamPool:
                         await sender
                 self.release(key, conn, reuse=False)
                 silent = not conn.received_any and body is None
-                if attempt == 0 and silent and conn.reused and method in _IDEMPOTENT:
+                if attempt == 0 and silent and conn.reused and method in IDEMPOTENT:
                     continue  # closed by the app while idle in the pool: try a fresh one
                 if silent:
                     raise UpstreamNotSent("the app closed the connection unanswered") from None

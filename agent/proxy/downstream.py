@@ -351,6 +351,7 @@ class ClientConnection(asyncio.Protocol):
         """The proxy's own answer to a well-formed request; its body, if any, is drained."""
         self.transport.write(error_response(error, head_only=method == "HEAD",
                                             keep_alive=keep_alive))
+        self._since = self._loop.time()
         self._close_after_body = not keep_alive
         self._start_body(has_body, length, chunked)
         if not keep_alive and not has_body:

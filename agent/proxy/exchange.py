@@ -131,10 +131,6 @@ class Exchange:
     async def _connect(self) -> None:
         try:
             conn = await self._ctx.pool.acquire(self._key)
-        except ConnectionRefusedError:
-            self._task = None
-            self._retry_elsewhere()
-            return
         except TimeoutError:
             self._task = None
             self._answer(GatewayTimeout())
@@ -143,7 +139,15 @@ class Exchange:
             self._task = None
             log.warning("proxy_upstream_failed", upstream=self._target.authority,
                         error_type=type(exc).__name__)
-            self._answer(BadGateway())
+            if isinstance(exc, ConnectionRefusedError):
+                self._retry_elsewhere()  # nothing was sent, body included
+            else:
+                self._answer(BadGateway())
+            return
+        except Exception as exc:  # a bug: answered, logged with its type and place only
+            self._task = None
+            log.error("proxy_request_failed", error_type=type(exc).__name__, where=_where(exc))
+            self._answer(AgentError())
             return
         self._task = None
         if self._finished:  # the client left while connecting: the connection is unused

@@ -238,3 +238,31 @@ async def test_stopping_lets_answers_under_way_finish_and_closes_idle_connection
     await asyncio.wait_for(stopping, timeout=20)
     for client in (idle, busy):
         await client.close()
+
+
+async def test_a_broken_app_gives_502_or_a_visibly_cut_answer(make_proxy: MakeProxy) -> None:
+    """An app that answers garbage gives 502 in the envelope; one that dies in the middle of
+    its body has the client connection cut, so the short body shows."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET /garbage"):
+            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+        writer.close()
+
+    app = await asyncio.start_server(serve, "127.0.0.1", 0)
+    proxy: ProxyHarness = await make_proxy("builtin")
+    proxy.locator.add("broken", Upstream("127.0.0.1", app.sockets[0].getsockname()[1]))
+    await proxy.route("broken.test", "broken")
+    client = await RawClient.connect(proxy.url)
+    await client.send(b"GET /garbage HTTP/1.1\r\nHost: broken.test\r\n\r\n")
+    status, _, body = await client.response()
+    assert status == 502 and json.loads(body)["error"]["code"] == "bad_gateway"
+    await client.send(b"GET /cut HTTP/1.1\r\nHost: broken.test\r\n\r\n")
+    head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), timeout=20)
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 100" in head
+    assert await asyncio.wait_for(client.reader.read(), timeout=20) == b"only part"
+    await client.close()
+    app.close()

@@ -8,7 +8,8 @@ Measures requests per second and p99 latency of small responses through:
 2. nginx         nginx configured by hand (proxy_pass, upstream keep-alive), one worker
                  per CPU; and the same held to one worker (the built-in proxy is one process)
 3. caddy-hand    Caddy configured by hand (a Caddyfile with reverse_proxy)
-4. builtin       the agent's built-in aiohttp proxy
+4. builtin       the agent's built-in proxy (its own HTTP/1.1 protocol on uvloop, as
+                 ``dployr-agent serve`` runs it)
 5. caddy-agent   Caddy driven by the agent through its admin API
 
 and prints the ratios the issue asks for: built-in vs nginx, agent-driven Caddy vs Caddy by
@@ -280,6 +281,7 @@ def child_agent(settings_path: str) -> None:
     from aiohttp import web
 
     from agent.app import AdminSeed, create_app
+    from agent.cli import _loop_factory
     from agent.keys import ROUTES_KEY
     from agent.logconfig import configure_logging
     from agent.proxy import Upstream
@@ -290,10 +292,11 @@ def child_agent(settings_path: str) -> None:
     configure_logging("warning", "json")
     logging.getLogger("aiohttp.access").disabled = True
 
+    config = make_config(Path(settings["state"]), proxy=settings["proxy"])
+
     async def main() -> None:
         locator = MemoryServiceLocator()
         locator.add("bench", Upstream("127.0.0.1", settings["backend_port"]))
-        config = make_config(Path(settings["state"]), proxy=settings["proxy"])
         app = create_app(config, locator=locator,
                          admin=AdminSeed("bench@example.com", "bench-password"))
         runner = web.AppRunner(app, access_log=None)
@@ -307,7 +310,9 @@ def child_agent(settings_path: str) -> None:
         await stop.wait()
         await runner.cleanup()
 
-    asyncio.run(main())
+    # The loop ``dployr-agent serve`` runs on ([server] event_loop: uvloop by default).
+    with asyncio.Runner(loop_factory=_loop_factory(config.server.event_loop)) as loop_runner:
+        loop_runner.run(main())
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -382,7 +387,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         f" against nginx held to one worker process, as the built-in proxy is:"
         f" {by['builtin'].rps / by['nginx-1-worker'].rps:.2f}",
         f"- agent-driven Caddy / Caddy by hand: **{by['caddy-agent'].rps / by['caddy-hand'].rps:.2f}**"
-        " (aim: 1.0)",
+        " (aim: equal, i.e. at least 0.9: the two are the same Caddy, so a higher ratio is noise)",
     ]
     return "\n".join(lines)
 
@@ -419,8 +424,8 @@ def collect(argv: list[str] | None = None) -> Section:
         Row("built-in proxy p99", f"{builtin.p99_ms:.2f} ms", "nginx (by hand)",
             f"{nginx.p99_ms:.2f} ms", builtin.p99_ms / nginx.p99_ms),
         Row("Caddy driven by the agent, requests/s", f"{driven.rps:,.0f}", "Caddy by hand",
-            f"{hand.rps:,.0f}", driven.rps / hand.rps, "1.0 (equal)",
-            abs(driven.rps / hand.rps - 1) <= 0.15),
+            f"{hand.rps:,.0f}", driven.rps / hand.rps, ">= 0.9 (equal within noise)",
+            driven.rps / hand.rps >= 0.9),
         Row("Caddy driven by the agent, p99", f"{driven.p99_ms:.2f} ms", "Caddy by hand",
             f"{hand.p99_ms:.2f} ms", driven.p99_ms / hand.p99_ms),
     ]

@@ -31,11 +31,10 @@ from collections.abc import AsyncIterator, Iterable
 from aiohttp import StreamReader
 
 from agent.proxy.connection import Connection
-from agent.proxy.http1 import Head, UpstreamError, UpstreamNotSent, request_head
+from agent.proxy.http1 import IDEMPOTENT, Head, UpstreamError, UpstreamNotSent, request_head
 
 __all__ = ["UpstreamError", "UpstreamNotSent", "UpstreamPool", "UpstreamResponse"]
 
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class UpstreamResponse:
@@ -99,6 +98,15 @@ class UpstreamPool:
         self._waiters: dict[tuple[str, int], collections.deque[asyncio.Future[None]]] = {}
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
+        self._running: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        # Looked up once: asyncio.get_running_loop() makes a getpid() system call each time
+        # (Python 3.11), which showed in the proxy's profile.
+        if self._running is None:
+            self._running = asyncio.get_running_loop()
+        return self._running
 
     async def request(self, host: str, port: int, method: str, target: str,
                       headers: Iterable[tuple[str, str]], body: StreamReader | None,
@@ -108,7 +116,7 @@ class UpstreamPool:
         head_bytes = request_head(method, target, headers, body is not None and
                                    content_length is None)
         for attempt in (0, 1):
-            conn = await self._acquire(key)
+            conn = await self.acquire(key)
             conn.begin(method)
             sender: asyncio.Task[None] | None = None
             try:
@@ -125,7 +133,7 @@ class UpstreamPool:
                         await sender
                 self.release(key, conn, reuse=False)
                 silent = not conn.received_any and body is None
-                if attempt == 0 and silent and conn.reused and method in _IDEMPOTENT:
+                if attempt == 0 and silent and conn.reused and method in IDEMPOTENT:
                     continue  # closed by the app while idle in the pool: try a fresh one
                 if silent:
                     raise UpstreamNotSent("the app closed the connection unanswered") from None
@@ -137,22 +145,39 @@ class UpstreamPool:
                 raise
         raise UpstreamError("unreachable")
 
-    async def _acquire(self, key: tuple[str, int]) -> Connection:
-        if self._closed:
-            raise UpstreamError("the proxy is stopping")
-        loop = asyncio.get_running_loop()
+    def take_idle(self, key: tuple[str, int]) -> Connection | None:
+        """A pooled connection to ``key`` that is still fresh and usable, if there is one
+        (without waiting: the proxy's fast path)."""
         idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = (self._running or self._loop).time()
         while idle:
             conn = idle.pop()  # the most recently used: the likeliest to be alive
-            if loop.time() - conn.idle_since < self._keepalive and conn.usable:
+            transport = conn.transport
+            if (now - conn.idle_since < self._keepalive and not conn.closed and not conn.tainted
+                    and transport is not None and not transport.is_closing()):  # conn.usable
                 conn.reused = True
                 return conn
             self._discard(key, conn)
+        return None
+
+    async def acquire(self, key: tuple[str, int]) -> Connection:
+        """A connection to ``key``: a pooled one, else a new one once fewer than ``limit``
+        are open (waiting for one to be released). Raises ``TimeoutError`` when the connection
+        cannot be made within ``connect_timeout``, ``OSError`` when it is refused, and
+        ``UpstreamError`` once the pool is closed."""
+        if self._closed:
+            raise UpstreamError("the proxy is stopping")
+        loop = self._loop
+        idle = self.take_idle(key)
+        if idle is not None:
+            return idle
         if self._limit and self._open.get(key, 0) >= self._limit:
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.setdefault(key, collections.deque()).append(waiter)
             await waiter  # a connection of this app was released or closed
-            return await self._acquire(key)
+            return await self.acquire(key)
         self._open[key] = self._open.get(key, 0) + 1
         try:
             _, conn = await asyncio.wait_for(
@@ -168,12 +193,16 @@ class UpstreamPool:
     def release(self, key: tuple[str, int], conn: Connection, *, reuse: bool) -> None:
         """Return a connection after an exchange (closed unless ``reuse``)."""
         if reuse and not self._closed and not conn.closed:
-            loop = asyncio.get_running_loop()
+            loop = self._running or self._loop
             conn.idle_since = loop.time()
-            self._idle.setdefault(key, []).append(conn)
+            idle = self._idle.get(key)
+            if idle is None:
+                idle = self._idle[key] = []
+            idle.append(conn)
             if self._sweeper is None:
                 self._sweeper = loop.call_later(self._keepalive, self._sweep)
-            self._notify(key)
+            if self._waiters:
+                self._notify(key)
         else:
             self._discard(key, conn)
 
@@ -187,7 +216,7 @@ class UpstreamPool:
         """Close connections idle longer than the keep-alive timeout (one timer per pool,
         not one per request)."""
         self._sweeper = None
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         for key, idle in list(self._idle.items()):
             stale = [c for c in idle if now - c.idle_since >= self._keepalive]
             if stale:
@@ -195,7 +224,7 @@ class UpstreamPool:
                 for conn in stale:
                     self._discard(key, conn)
         if any(self._idle.values()) and not self._closed:
-            self._sweeper = asyncio.get_running_loop().call_later(self._keepalive, self._sweep)
+            self._sweeper = self._loop.call_later(self._keepalive, self._sweep)
 
     def _notify(self, key: tuple[str, int]) -> None:
         waiters = self._waiters.get(key)

@@ -31,7 +31,8 @@ def pattern(size: int) -> bytes:
 class Backend:
     """An aiohttp app on a free loopback port: echo, streams, WebSocket echo.
 
-    ``slow_release`` holds ``/slow`` after its first chunk; ``upload_started`` is set when
+    ``slow_release`` holds ``/slow`` after its first chunk (``slow_started`` then set);
+    ``upload_started`` is set when
     ``/upload`` has received its first chunk, which ``upload_release`` then holds back.
     """
 
@@ -40,6 +41,7 @@ class Backend:
         self.port = free_port()
         self.requests = 0
         self.slow_release = asyncio.Event()
+        self.slow_started = asyncio.Event()
         self.upload_started = asyncio.Event()
         self.upload_release: asyncio.Event | None = None
         self.stopping = asyncio.Event()
@@ -83,6 +85,7 @@ class Backend:
         response = web.StreamResponse()
         await response.prepare(request)
         await response.write(b"first-chunk\n")
+        self.slow_started.set()
         await self.slow_release.wait()
         await response.write(b"last-chunk\n")
         await response.write_eof()
@@ -219,3 +222,64 @@ async def stop_all(backends: list[Backend]) -> None:
     for backend in backends:
         with contextlib.suppress(Exception):
             await backend.stop()
+
+
+class RawClient:
+    """One TCP connection to a proxy, written and read as bytes: for what HTTP client
+    libraries will not send (pipelining, half-closes, malformed requests)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, url: str) -> RawClient:
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self, *, head_request: bool = False,
+                       ) -> tuple[int, dict[str, str], bytes]:
+        """The next response: status, headers (lower-case names; repeats joined), body."""
+        raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout=20)
+        while raw.startswith(b"HTTP/1.1 100"):
+            raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout=20)
+        status_line, *lines = raw[:-4].decode("latin-1").split("\r\n")
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            key = name.strip().lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+        status = int(status_line.split(" ")[1])
+        if head_request or status in (204, 304):
+            return status, headers, b""
+        if "content-length" in headers:
+            body = await asyncio.wait_for(
+                self.reader.readexactly(int(headers["content-length"])), timeout=20)
+        elif headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                body += (await self.reader.readexactly(size + 2))[:-2]  # data, then CRLF
+                if size == 0:
+                    break
+        else:
+            body = await asyncio.wait_for(self.reader.read(), timeout=20)
+        return status, headers, body
+
+    async def closed(self) -> bool:
+        """Whether the proxy closed the connection (after anything still unread)."""
+        try:
+            rest = await asyncio.wait_for(self.reader.read(), timeout=20)
+        except ConnectionResetError:
+            return True
+        return rest == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()

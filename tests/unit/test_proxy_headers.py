@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from agent.proxy.headers import TrustedNetworks, forwarded_request_headers, response_headers
+from agent.proxy.headers import (
+    TrustedNetworks,
+    forwarded_items,
+    forwarded_lines,
+    forwarded_request_headers,
+    request_lines,
+    response_headers,
+    response_items,
+    strip_hop_by_hop,
+)
+from agent.proxy.http1 import request_head
 
 
 def _incoming(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
@@ -40,3 +50,42 @@ def test_hop_by_hop_and_connection_listed_headers_are_dropped_both_ways() -> Non
                 ("Proxy-Authenticate", "Basic")]
     assert list(response_headers(response).items()) == [("Set-Cookie", "a=1"),
                                                         ("Set-Cookie", "b=2")]
+
+
+_REQUEST_CASES = [
+    [("Host", "a.test")],
+    [("Host", "a.test"), ("User-Agent", "x"), ("Connection", "keep-alive"), ("Keep-Alive", "5"),
+     ("TE", "trailers"), ("Proxy-Authorization", "Basic eA=="), ("X-Forwarded-For", "6.6.6.6"),
+     ("x-forwarded-proto", "https"), ("X-Forwarded-Host", "evil"), ("Expect", "100-continue"),
+     ("Cookie", "a=1"), ("Cookie", "b=2"), ("Upgrade", "h2c"), ("Trailer", "x"),
+     ("Transfer-Encoding", "chunked"), ("X-TE", "kept"), ("Proxy-Connection", "close")],
+    [("HOST", "a.test:8080"), ("CONNECTION", "Upgrade, TE"), ("X-Forwarded-Foo", "kept")],
+]
+
+
+def test_raw_request_lines_apply_the_rules_of_forwarded_items() -> None:
+    """The fast path's raw header lines come out as forwarded_items would write them."""
+    for items in _REQUEST_CASES:
+        raw = "".join(f"\r\n{name}: {value}" for name, value in items).encode()
+        host = next(value for name, value in items if name.lower() == "host")
+        fast = (b"GET / HTTP/1.1" + request_lines(raw)
+                + forwarded_lines("198.51.100.7", host, "http") + b"\r\n\r\n")
+        slow = request_head("GET", "/", forwarded_items(
+            items, peer="198.51.100.7", host=host, scheme="http",
+            trusted=TrustedNetworks(["10.0.0.0/8"])), False)
+        assert fast == slow, items
+
+
+def test_stripping_hop_by_hop_lines_applies_the_rules_of_response_items() -> None:
+    """The fast path's raw response lines keep exactly what response_items keeps."""
+    cases = [[("Server", "x"), ("Connection", "keep-alive")],
+             [("Connection", "close, X-Internal"), ("X-Internal", "1"), ("Keep-Alive", "t=5"),
+              ("Transfer-Encoding", "chunked"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"),
+              ("Proxy-Authenticate", "Basic"), ("TE", "x"), ("X-TE", "kept"),
+              ("Upgrade", "h2c"), ("trailer", "x"), ("x-internal", "2")]]
+    for items in cases:
+        raw = "".join(f"\r\n{name}: {value}" for name, value in items).encode()
+        listed = frozenset(t.strip().lower().encode() for name, value in items
+                           if name.lower() == "connection" for t in value.split(","))
+        kept = "".join(f"\r\n{name}: {value}" for name, value in response_items(items)).encode()
+        assert strip_hop_by_hop(raw, listed) == kept, items

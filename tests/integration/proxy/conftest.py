@@ -3,13 +3,15 @@ test controls, backends it starts, and for ``caddy`` a real Caddy the test runs 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp.test_utils import TestClient
 
 from agent.app import AdminSeed, create_app
@@ -19,6 +21,15 @@ from agent.testing import MemoryServiceLocator
 from tests.conftest import bearer, have_binary, login, require
 from tests.support.agent import ADMIN_EMAIL, ADMIN_PASSWORD, make_config
 from tests.support.proxy import Backend, CaddyProcess, stop_all
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item,
+                                   ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The built-in proxy's own protocol is tested on both loops the agent runs on; the
+    other proxy tests on asyncio's (a single factory adds nothing to their ids)."""
+    if item.path.name == "test_fast_path.py":
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @dataclass

@@ -12,7 +12,6 @@ import getpass
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.auth.principal import ROLES
-from agent.config import AgentConfig, ConfigError, load_config, parse_listen
+from agent.config import AgentConfig, ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -93,6 +92,7 @@ async def _serve(config: AgentConfig) -> None:
 
     from agent.api.server import AgentRunner
     from agent.app import AdminSeed, create_app
+    from agent.listeners import bind_listener
     from agent.logconfig import flush_logs
     from agent.sdnotify import Notifier
 
@@ -101,10 +101,8 @@ async def _serve(config: AgentConfig) -> None:
     admin = AdminSeed(email=os.environ.get("DPLOYR_ADMIN_EMAIL") or "admin@localhost",
                       password=os.environ.get("DPLOYR_ADMIN_PASSWORD") or None)
     # Bind first: a port in use stops the start before any state is touched.
-    host, port = parse_listen(config.server.listen)
     try:
-        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
-                                    else socket.AF_INET, backlog=1024)
+        sock = bind_listener(config.server.listen)
     except OSError as exc:
         raise _StartError(f"cannot listen on {config.server.listen}: "
                           f"{(exc.strerror or str(exc)).lower()}") from None

@@ -27,7 +27,8 @@ import structlog
 from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector
 
 from agent.clock import Clock
-from agent.config import ProxyConfig, parse_listen
+from agent.config import ProxyConfig
+from agent.listeners import bind_listener
 from agent.proxy.backend import BackendName, ProxyStatus
 from agent.proxy.core import ProxyCore
 from agent.proxy.downstream import ClientConnection
@@ -101,11 +102,10 @@ class BuiltinProxy:
                          handoff=side.adopt, idle_timeout=_IDLE_TIMEOUT)
         self._session, self._pool, self._aiohttp, self._core = session, pool, side, core
         self._reload()
-        host, port = parse_listen(config.listen)
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(lambda: ClientConnection(core), host, port,
-                                                    reuse_address=True, backlog=1024)
+            self._server = await loop.create_server(lambda: ClientConnection(core),
+                                                    sock=bind_listener(config.listen))
         except OSError:
             await self._close_clients()
             raise

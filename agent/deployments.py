@@ -19,7 +19,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from agent.config import ServicesConfig
 from agent.env import EnvService, validate_env
 from agent.errors import Conflict, InvalidRequest, NotFound
 from agent.ids import new_id
+from agent.records import record
 from agent.store import Database, Tx
 from agent.supervisor.health import HealthCheck
 from agent.supervisor.manager import Supervisor
@@ -36,7 +37,7 @@ from agent.supervisor.policy import RestartPolicy
 __all__ = ["AppSettings", "Deployment", "DeploymentService", "LocalDeployment", "resolve_local_path"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class AppSettings:
     """How any deployment's app runs, whatever its source: keyword-only, so that each source
     adds its own fields around these."""
@@ -52,7 +53,7 @@ class AppSettings:
     stop_timeout: float = 10.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class LocalDeployment(AppSettings):
     """What a user asks for to run an app from a local directory."""
 
@@ -61,7 +62,7 @@ class LocalDeployment(AppSettings):
     build_cmd: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Deployment:
     id: str
     name: str

@@ -15,10 +15,10 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from agent.clock import Clock
 from agent.errors import InvalidRequest, NotFound
+from agent.records import record
 from agent.store import Database, Tx
 
 __all__ = ["MASK", "RESERVED_KEYS", "EnvService", "EnvVar", "validate_env"]
@@ -29,7 +29,7 @@ RESERVED_KEYS = frozenset({"PORT"})
 MASK = "********"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EnvVar:
     key: str
     value: str

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from agent.records import record
 
 __all__ = ["EVENT_TYPES", "Event", "EventBus", "Subscription"]
 
@@ -34,7 +36,7 @@ EVENT_TYPES: frozenset[str] = frozenset({
 })
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     """One thing that happened. ``seq`` orders events; ``id`` is stable for consumers."""
 

@@ -15,7 +15,6 @@ import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -41,6 +40,7 @@ from agent.keys import (
     WEBHOOK_RUNTIME_KEY,
 )
 from agent.metrics.looplag import watch_loop_lag
+from agent.records import record
 from agent.store import StateLock
 
 __all__ = [
@@ -69,7 +69,7 @@ INITIAL_PASSWORD_FILE = "initial-admin-password"
 SESSION_PRUNE_INTERVAL = 3600.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AdminSeed:
     """The first admin to create when there are no users. No password: generate one."""
 

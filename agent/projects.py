@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 
 from agent.clock import Clock
 from agent.errors import Conflict, NotFound
 from agent.ids import new_id
+from agent.records import record
 from agent.store import Database, Tx
 
 __all__ = ["Project", "ProjectService"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Project:
     id: str
     name: str

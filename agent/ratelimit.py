@@ -11,10 +11,10 @@ whatever the number of clients.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from agent.clock import Clock
+from agent.records import record
 
 __all__ = ["Decision", "RateLimiter", "RateLimits"]
 
@@ -107,7 +107,7 @@ class RateLimiter:
                 del self._tat[key]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RateLimits:
     """The two request limits of the API: per principal and per client address."""
 

@@ -48,6 +48,7 @@ from agent.errors import (
 from agent.keys import PRINCIPAL_KEY, REQUEST_ID_KEY
 from agent.metrics.prometheus import AgentMetrics, RequestSeries
 from agent.ratelimit import Decision, RateLimits
+from agent.records import record
 
 __all__ = ["client_address", "make_api_middleware", "prepare_stream"]
 
@@ -171,7 +172,7 @@ def _parse_bearer(header: str) -> str:
     return token
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Settings:
     auth: AuthService
     limits: RateLimits

@@ -19,7 +19,7 @@ as 204, a ``web.StreamResponse`` as it is.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
 
 from aiohttp import web
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from agent.auth import Principal
 from agent.errors import InvalidRequest, UnsupportedMediaType, from_validation_error
 from agent.keys import PRINCIPAL_KEY
+from agent.records import record
 
 __all__ = [
     "ENDPOINTS_KEY",
@@ -45,7 +46,7 @@ Handler = Callable[..., Awaitable[Any]]
 ENDPOINTS_KEY = web.AppKey("endpoints", dict)  # route name -> Endpoint
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class Endpoint:
     """One API operation and everything known about it."""
 

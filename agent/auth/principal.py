@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal, get_args
+
+from agent.records import record
 
 __all__ = ["ROLES", "Principal", "Role", "role_allows"]
 
@@ -17,7 +19,7 @@ def role_allows(role: str, required: str) -> bool:
     return _RANK.get(role, -1) >= _RANK[required]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Principal:
     """An authenticated caller. ``id`` is the user id or the machine token id."""
 

@@ -10,8 +10,6 @@ revocation or a removed user takes effect on the very next request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from agent.auth.passwords import PasswordHasher
 from agent.auth.principal import Principal
 from agent.auth.tokens import (
@@ -29,6 +27,7 @@ from agent.config import AuthConfig
 from agent.errors import Forbidden, RateLimited, Unauthorized
 from agent.ids import new_id
 from agent.ratelimit import RateLimiter
+from agent.records import record
 from agent.store import Database, Tx
 
 __all__ = ["AuthService", "TokenPair"]
@@ -38,7 +37,7 @@ _BAD_TOKEN = "Invalid or expired token"
 _VERIFIED_CACHE_SIZE = 4096
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TokenPair:
     access_token: str
     refresh_token: str

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.auth import hs256
 from agent.ids import new_id
+from agent.records import record
 
 __all__ = [
     "API_TOKEN_PREFIX",
@@ -42,7 +42,7 @@ class TokenError(Exception):
     """The token is malformed, expired, or not signed by us."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AccessClaims:
     user_id: str
     session_id: str

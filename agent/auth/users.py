@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass
 
 from agent.auth.principal import Role
 from agent.auth.tokens import hash_token, new_api_token
 from agent.ids import new_id
+from agent.records import record
 
 __all__ = [
     "EMAIL_PATTERN",
@@ -38,7 +38,7 @@ EMAIL_PATTERN = r"^[^@\x00-\x20\x7f-\x9f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,25
 _EMAIL = re.compile(EMAIL_PATTERN)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class User:
     id: str
     email: str
@@ -46,7 +46,7 @@ class User:
     created_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ApiToken:
     id: str
     name: str

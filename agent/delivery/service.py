@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,6 +55,7 @@ from agent.deployments import AppSettings
 from agent.env import EnvService, validate_env
 from agent.errors import Conflict, InvalidRequest, NotFound
 from agent.ids import new_id
+from agent.records import record
 from agent.store import Database, Tx
 from agent.supervisor.health import HealthCheck
 from agent.supervisor.manager import Supervisor
@@ -69,7 +70,7 @@ UPDATABLE = ("runtime", "version", "remote", "branch", "build_cmd", "run_cmd", "
              "fixed_port", "health_check", "restart", "stop_signal", "stop_timeout", "project_id")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class RemoteDeployment(AppSettings):
     """What a user asks for to deploy an app from a git remote."""
 
@@ -82,7 +83,7 @@ class RemoteDeployment(AppSettings):
     credentials: GitCredentials | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeploymentUpdate:
     """A PUT: ``values`` holds the changed fields of ``UPDATABLE`` (domain types: a
     ``HealthCheck``, a ``RestartPolicy``); ``env`` keys to set (None: remove);
@@ -94,7 +95,7 @@ class DeploymentUpdate:
     credentials_given: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReleaseInfo:
     """A release as listed: no env value (keys only), no credential."""
 

@@ -28,7 +28,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from agent.deploy.errors import BuildFailed
 from agent.deploy.logfile import DeployLog
 from agent.deploy.procs import signal_group, spawn_grouped, terminate_group
 from agent.deploy.toolchains import Toolchain
+from agent.records import record
 
 __all__ = ["BuildResult", "Builder", "RuntimeEnv", "default_build_cmd"]
 
@@ -52,7 +53,7 @@ _QUIET = {
 _READ_CHUNK = 65536
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RuntimeEnv:
     """What a release adds to a process environment: PATH dirs (first) and variables.
 
@@ -76,7 +77,7 @@ class RuntimeEnv:
         return merged
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BuildResult:
     """How a build ended. ``exit_code`` is None when it was killed for its time limit."""
 

@@ -31,7 +31,6 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -47,6 +46,7 @@ from agent.deploy.errors import (
 from agent.deploy.logfile import LineSink
 from agent.deploy.procs import signal_group, spawn_grouped
 from agent.deploy.remote import Remote, validate_branch
+from agent.records import record
 
 __all__ = ["FetchResult", "GitFetcher"]
 
@@ -66,7 +66,7 @@ _BRANCH_MARKERS = ("remote branch", "not found in upstream")
 _OUTPUT_LIMIT = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FetchResult:
     """What was fetched: the full commit SHA at the tip of ``branch`` of ``remote``."""
 

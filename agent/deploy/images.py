@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from agent.deploy.logfile import LineSink
 from agent.deploy.releases import Release
 from agent.deploy.toolchains import Toolchain
+from agent.records import record
 
 __all__ = [
     "DOCKER_RUNTIME",
@@ -41,7 +41,7 @@ DOCKER_TOOLCHAIN = Toolchain(DOCKER_RUNTIME, "", None, source="dockerfile")
 _STEP_CODE = re.compile(r"returned a non-zero code: (\d+)")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BuiltImage:
     """An image built for a release: its id and the tag that keeps it on the host."""
 

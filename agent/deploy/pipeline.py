@@ -60,6 +60,7 @@ from agent.deploy.stages import TERMINAL_STAGES, Stage, check_transition
 from agent.deploy.toolchains import Toolchain
 from agent.errors import InvalidRequest, NotFound
 from agent.ids import new_id
+from agent.records import record
 
 __all__ = [
     "BuildRunner",
@@ -78,7 +79,7 @@ __all__ = [
 log = structlog.get_logger("agent.deploy.pipeline")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeploySpec:
     """What to deploy. ``remote`` is validated (``validate_remote``) and may carry credentials.
 
@@ -109,7 +110,7 @@ class StageRecord:
     finished_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Failure:
     """Why a run failed: the stage it was in, a reason to show, a process exit code if any."""
 
@@ -170,7 +171,7 @@ class DeployRun:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StartRequest:
     """What the starter needs to run a release: ``env`` is the deployment's, ``runtime_env``
     the release's PATH dirs and variables. The app's environment is

@@ -31,7 +31,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from agent.deploy.build import BuildResult, RuntimeEnv
 from agent.deploy.toolchains import Toolchain
 from agent.errors import InvalidRequest, NotFound
 from agent.ids import new_id
+from agent.records import record
 
 __all__ = ["Release", "ReleaseDraft", "ReleaseStore", "make_read_only"]
 
@@ -53,7 +54,7 @@ _SERVICE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _RELEASE_ID = re.compile(r"^rel_[0-9a-z]{22}$")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReleaseDraft:
     """A release being made: clone into ``app_dir``, build there, then ``finalize``."""
 
@@ -66,7 +67,7 @@ class ReleaseDraft:
         return self.path / "app"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Release:
     """A finalized, immutable release and everything needed to start it again."""
 

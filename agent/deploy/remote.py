@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from urllib.parse import unquote
 
 from agent.errors import InvalidRequest
+from agent.records import record
 
 __all__ = [
     "GitCredentials",
@@ -50,7 +51,7 @@ _ENCODED_CONTROL = re.compile(r"%(?:[01][0-9A-Fa-f]|7[Ff])")
 _BRANCH_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GitCredentials:
     """Secrets for a private repository. Never in argv, logs, errors or release.json.
 
@@ -73,7 +74,7 @@ class GitCredentials:
         return tuple(s for s in (self.password, self.ssh_key, user) if s)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Remote:
     """A validated git remote. ``url`` holds no secret; ``credentials`` are kept apart."""
 

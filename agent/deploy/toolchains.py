@@ -34,6 +34,7 @@ import structlog
 from agent.deploy.errors import ToolchainError
 from agent.deploy.logfile import LineSink
 from agent.errors import InvalidRequest, ServiceUnavailable
+from agent.records import record
 
 __all__ = [
     "RUNTIMES",
@@ -56,7 +57,7 @@ _PROBE_TIMEOUT = 15.0
 Source = Literal["managed", "system", "none", "dockerfile"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Toolchain:
     """One installed runtime version. ``bin_dir`` goes first on ``PATH`` (None for static)."""
 

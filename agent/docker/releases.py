@@ -27,7 +27,6 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -41,6 +40,7 @@ from agent.docker.sdk import docker
 from agent.env import EnvService, validate_env
 from agent.errors import BadGateway, Conflict, InvalidRequest, NotFound, RuntimeUnavailable
 from agent.ids import new_id
+from agent.records import record
 from agent.store import Database, Tx
 from agent.supervisor.manager import Supervisor
 from agent.supervisor.states import DesiredState
@@ -50,7 +50,7 @@ __all__ = ["ImageDeployment", "ImageDeployments", "ImageRelease", "ImageUpdate"]
 log = structlog.get_logger("agent.docker.releases")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ImageDeployment(AppSettings):
     """What a user asks for to run an image. ``memory`` in bytes, ``cpus`` in CPUs."""
 
@@ -60,7 +60,7 @@ class ImageDeployment(AppSettings):
     cpus: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ImageUpdate:
     """A PUT on an image deployment; None leaves a setting as it is. ``limits`` holds the
     limits to change (``memory`` bytes, ``cpus``); a None value removes that limit."""
@@ -70,7 +70,7 @@ class ImageUpdate:
     limits: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ImageRelease:
     id: str
     deployment_id: str

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,6 +29,7 @@ from agent.docker.sdk import docker
 from agent.errors import RuntimeUnavailable
 from agent.metrics.cgroup import CgroupReader
 from agent.metrics.sources import ContainerUsageSource, ServiceUsage
+from agent.records import record
 from agent.supervisor.runtime import TreeStats
 
 __all__ = ["DockerStats", "Reading", "reading_from_stats"]
@@ -37,7 +37,7 @@ __all__ = ["DockerStats", "Reading", "reading_from_stats"]
 log = structlog.get_logger("agent.docker.stats")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Reading:
     """One container's figures at one moment (``at``: the clock's monotonic time)."""
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
 
 import psutil
+
+from agent.records import record
 
 __all__ = ["HostFacts", "read_facts"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostFacts:
     os: str
     kernel: str

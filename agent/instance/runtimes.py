@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+
+from agent.records import record
 
 __all__ = ["PROBES", "RuntimeDetector", "RuntimeInfo", "detect_runtimes", "probe"]
 
 _VERSION = re.compile(r"(\d+\.\d+(?:\.\d+)?)")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RuntimeInfo:
     """One runtime: whether it can be used here, its version, and why not if it cannot."""
 

@@ -15,7 +15,6 @@ import json
 import os
 import socket
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +36,7 @@ from agent.metrics.sources import (
     ProxyStateSource,
     unconfigured_proxy,
 )
+from agent.records import record
 from agent.store import Database, Tx
 
 __all__ = ["SELF", "InstanceReport", "InstanceService", "InstanceStatus"]
@@ -47,13 +47,13 @@ SELF = "self"
 Status = Literal["healthy", "degraded"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InstanceStatus:
     status: Status
     reasons: tuple[HealthReason, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InstanceReport:
     """Everything ``GET /v1/instances/{id}`` shows, read from caches only."""
 

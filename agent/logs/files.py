@@ -16,11 +16,11 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from agent.logs.format import MAX_LINE, LogLine, parse_line
+from agent.records import record
 
 __all__ = ["LogFiles", "Position", "reverse_lines", "tail"]
 
@@ -31,7 +31,7 @@ _RETRIES = 1000
 _HEADER_MAX = 96  # a stamped line's header is far shorter
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Position:
     """A byte offset in one log file (identified by inode, since files get renamed)."""
 

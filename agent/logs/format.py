@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from agent.records import record
 
 __all__ = [
     "MAX_LINE",
@@ -59,7 +60,7 @@ def encode_line(seq: int, timestamp: bytes, stream: str, text: bytes) -> bytes:
     return b"%d %s %s %s\n" % (seq, timestamp, stream.encode(), text)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LogLine:
     """One parsed stamped line."""
 

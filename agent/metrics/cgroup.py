@@ -9,17 +9,17 @@ smallest one set on the agent's cgroup or any ancestor, as the kernel enforces i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.metrics.procfs import KeptFile
+from agent.records import record
 
 __all__ = ["CgroupMemory", "CgroupMemoryWatch", "CgroupReader"]
 
 _UNLIMITED_V1 = 1 << 60  # v1 reports "no limit" as a huge page-aligned number
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _MemoryFiles:
     """Where one cgroup version keeps a group's memory limit and usage."""
 
@@ -34,7 +34,7 @@ _V1 = _MemoryFiles("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inac
                    _UNLIMITED_V1)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CgroupMemory:
     """The effective memory limit and the memory in use in the agent's cgroup, in bytes.
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+
+from agent.records import record
 
 __all__ = ["MAX_POINTS", "History", "HistoryPlan", "Series", "format_duration"]
 
@@ -75,7 +76,7 @@ class _Column:
         self.count = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HistoryPlan:
     """A validated history request: the window, the step, and which ring answers it."""
 
@@ -84,7 +85,7 @@ class HistoryPlan:
     use_recent: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Series:
     """The answer to a history query: bucket start times and one value list per series
     (``None`` where a bucket holds no sample)."""

@@ -8,8 +8,10 @@ lets tests feed counters that reset or wrap, and keeps psutil out of the arithme
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Protocol
+
+from agent.records import record
 
 __all__ = [
     "Address",
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CpuTimes:
     """Cumulative seconds of one core: ``busy`` (not idle nor iowait) out of ``total``."""
 
@@ -31,7 +33,7 @@ class CpuTimes:
     total: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MemoryReading:
     """Memory and swap in bytes. ``cgroup_limit``/``cgroup_used`` are set when the agent's
     cgroup has a memory limit below the host's RAM (inside a container)."""
@@ -46,7 +48,7 @@ class MemoryReading:
     cgroup_used: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DiskReading:
     """One mounted filesystem, from statvfs."""
 
@@ -60,7 +62,7 @@ class DiskReading:
     inodes_free: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IoCounters:
     """Cumulative block-device counters summed over the physical disks."""
 
@@ -70,7 +72,7 @@ class IoCounters:
     write_count: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NicCounters:
     """Cumulative counters of one network interface."""
 
@@ -84,7 +86,7 @@ class NicCounters:
     dropout: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Address:
     """One address of a network interface."""
 
@@ -93,7 +95,7 @@ class Address:
     family: str  # "ipv4" | "ipv6"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostReading:
     """Everything read from the host in one sample (no derived figures)."""
 

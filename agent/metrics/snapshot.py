@@ -7,11 +7,11 @@ immutable: the sampler replaces the latest one, readers never see a half-built s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from agent.metrics.readings import Address
 from agent.metrics.sources import ServiceProcess, ServiceUsage
+from agent.records import record
 
 __all__ = [
     "CpuSample",
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CpuSample:
     """CPU busy percent since the previous sample (0-100, all cores together and each)."""
 
@@ -37,7 +37,7 @@ class CpuSample:
     load_15m: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MemorySample:
     """RAM in bytes. With ``source == "cgroup"`` the figures are the agent's cgroup's."""
 
@@ -49,7 +49,7 @@ class MemorySample:
     host_total: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SwapSample:
     total: int
     used: int
@@ -57,7 +57,7 @@ class SwapSample:
     percent: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DiskSample:
     mountpoint: str
     device: str
@@ -72,7 +72,7 @@ class DiskSample:
     inodes_percent: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DiskIoSample:
     read_bytes_per_second: float
     write_bytes_per_second: float
@@ -80,7 +80,7 @@ class DiskIoSample:
     write_ops_per_second: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NetworkSample:
     """Rates of one interface (or of all but loopback, with ``interface == "total"``)."""
 
@@ -93,7 +93,7 @@ class NetworkSample:
     drops_per_second: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HostSample:
     """The host at ``timestamp`` (epoch). Rates cover the ``elapsed`` seconds before it
     (0 on the first sample, when every rate is 0)."""
@@ -113,7 +113,7 @@ class HostSample:
     addresses: tuple[Address, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceSample:
     """One service at sample time. ``usage`` is None when nothing could be measured, and
     ``note`` then says why (not running, container not found...)."""
@@ -123,7 +123,7 @@ class ServiceSample:
     note: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Snapshot:
     """Everything one sample produced. ``seq`` counts samples from 1; ``duration`` is what
     the sample cost in seconds of wall time."""

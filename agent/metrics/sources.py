@@ -10,8 +10,9 @@ through a ``ContainerUsageSource``. Each has a trivial default here and a fake i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from agent.records import record
 
 __all__ = [
     "ContainerUsageSource",
@@ -30,7 +31,7 @@ __all__ = [
 ServiceRuntime = Literal["process", "docker"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceProcess:
     """What the sampler needs to know about one service, as the supervisor sees it now.
 
@@ -60,7 +61,7 @@ class NoServices:
         return ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceUsage:
     """Resource use of one service, summed over its whole process tree (or container).
 
@@ -87,7 +88,7 @@ class ContainerUsageSource(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HealthReason:
     """Why the instance is degraded: a stable ``code`` and a sentence for people."""
 
@@ -109,7 +110,7 @@ class HealthContributor(Protocol):
 ProxyStatus = Literal["running", "down", "disabled", "unknown"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProxyState:
     """The reverse proxy's backend (``builtin``, ``caddy``, or ``none``) and whether it runs."""
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal, Protocol
 
 from agent.proxy.routes import RouteChange
+from agent.records import record
 
 __all__ = ["BackendName", "ProxyBackend", "ProxyStatus"]
 
 BackendName = Literal["builtin", "caddy"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProxyStatus:
     """What the proxy reports about itself (for the instance and proxy status endpoints).
 

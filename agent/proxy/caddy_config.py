@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from agent.errors import (
 )
 from agent.proxy.locator import StaticSite, Target, Upstream
 from agent.proxy.routes import Route, sort_for_matching
+from agent.records import record
 
 __all__ = [
     "ACME_STAGING",
@@ -46,7 +46,7 @@ ACME_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 JsonObj = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CaddySettings:
     """The parts of ``[proxy]`` that shape Caddy's configuration."""
 
@@ -219,7 +219,7 @@ def build_tls_policy(routes: Sequence[Route], settings: CaddySettings) -> JsonOb
     return {"@id": settings.policy_id, "subjects": subjects, "issuers": [issuer]}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Op:
     """One admin API call: ``method`` on ``path`` with an optional JSON body."""
 

@@ -11,14 +11,15 @@ in-memory implementation used by tests and, until the supervisor provides the re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from agent.records import record
 
 __all__ = ["ServiceLocator", "StaticSite", "Target", "Upstream"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Upstream:
     """An HTTP server on a (normally loopback) address: the current release of a service."""
 
@@ -32,7 +33,7 @@ class Upstream:
         return f"{host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StaticSite:
     """A directory of files served by the proxy itself (``runtime: "static"`` deployments)."""
 

@@ -15,7 +15,6 @@ import http
 import json
 import re
 import time
-from dataclasses import dataclass
 from email.utils import formatdate
 from urllib.parse import unquote
 
@@ -31,6 +30,7 @@ from agent.proxy.headers import (
     strip_hop_by_hop,
 )
 from agent.proxy.http1 import Head, request_head
+from agent.records import record
 
 __all__ = [
     "BadTarget",
@@ -63,7 +63,7 @@ def _reason(status: int) -> str:
         return "Unknown"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OutFraming:
     """How a relayed response's body goes to the client."""
 

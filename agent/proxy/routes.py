@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
@@ -21,6 +20,7 @@ from agent.errors import Conflict, InvalidRequest, NotFound
 from agent.ids import new_id
 from agent.proxy.locator import ServiceLocator
 from agent.proxy.names import InvalidName, normalize_domain, normalize_path_prefix
+from agent.records import record
 from agent.store import Database, Tx
 
 __all__ = ["Route", "RouteChange", "RouteListener", "RouteService", "sort_for_matching"]
@@ -28,7 +28,7 @@ __all__ = ["Route", "RouteChange", "RouteListener", "RouteService", "sort_for_ma
 log = structlog.get_logger("agent.proxy")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Route:
     """One stored route, in canonical form (see ``agent.proxy.names``)."""
 
@@ -54,7 +54,7 @@ class Route:
                 "service_id": self.service_id, "port": self.port}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RouteChange:
     """What changed, handed to listeners after the commit."""
 

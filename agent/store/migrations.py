@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+from agent.records import record
 
 __all__ = ["Migration", "MigrationError", "load_migrations", "migrate"]
 
@@ -23,7 +24,7 @@ class MigrationError(sqlite3.DatabaseError):
     """The database's schema cannot be brought to this agent's version."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Migration:
     version: int
     name: str

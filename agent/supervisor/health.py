@@ -18,6 +18,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agent.records import record
+
 __all__ = ["CONTAINER_HOLD", "HealthCheck", "HealthState", "ProbeResult", "Verdict", "judge",
            "probe"]
 
@@ -28,7 +30,7 @@ Verdict = Literal["running", "recovered", "unhealthy", "start_timeout"] | None
 CONTAINER_HOLD = 0.25
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HealthCheck:
     """How to check a service. Defaults are those documented in docs/api.md."""
 
@@ -52,7 +54,7 @@ class HealthCheck:
                 "restart": self.restart}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProbeResult:
     ok: bool
     error: str | None = None

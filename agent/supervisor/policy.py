@@ -14,9 +14,9 @@ consecutive failed runs (0 = unlimited) the policy gives up and the service is `
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any, Literal
 
+from agent.records import record
 from agent.supervisor.runtime import ExitStatus
 
 __all__ = ["Decision", "RestartMode", "RestartPolicy"]
@@ -24,7 +24,7 @@ __all__ = ["Decision", "RestartMode", "RestartPolicy"]
 RestartMode = Literal["always", "on-failure", "never"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     """What to do after a run ended."""
 
@@ -34,7 +34,7 @@ class Decision:
     gave_up: bool = False     # True when a restart was wanted but max_restarts was reached
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RestartPolicy:
     """When and how fast to restart. Defaults are those documented in docs/api.md."""
 

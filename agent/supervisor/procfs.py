@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from agent.records import record
 
 __all__ = [
     "CLK_TCK",
@@ -31,7 +32,7 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _PROC = "/proc"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProcStat:
     """The fields of ``/proc/<pid>/stat`` the supervisor needs."""
 

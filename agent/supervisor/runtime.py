@@ -27,9 +27,11 @@ import json
 import os
 import signal as _signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Protocol
+
+from agent.records import record
 
 __all__ = [
     "STOP_SIGNALS",
@@ -72,7 +74,7 @@ def signal_number(name: str) -> int:
         raise ValueError(f"unknown signal {name}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LogPaths:
     """The two raw files the app's output is appended to (read by the log capture)."""
 
@@ -80,7 +82,7 @@ class LogPaths:
     stderr: Path
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunSpec:
     """Everything a runtime needs to start one run of an app."""
 
@@ -106,7 +108,7 @@ class RunSpec:
         return self.run_name or self.kind
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Handle:
     """A persisted reference to a running app. ``data`` is runtime-specific JSON."""
 
@@ -129,7 +131,7 @@ class Handle:
         return cls(runtime=str(data.pop("runtime")), data=data)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExitStatus:
     """How a run ended: an exit code, or the signal that killed it, or unknown."""
 
@@ -167,7 +169,7 @@ class ExitStatus:
         return "unknown"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Adopted:
     """The result of adopting a persisted handle after an agent restart."""
 
@@ -175,7 +177,7 @@ class Adopted:
     status: ExitStatus = ExitStatus()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TreeStats:
     """Resources of an app's whole process tree (or container)."""
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.records import record
 from agent.store import Tx
 from agent.supervisor.health import HealthCheck
 from agent.supervisor.policy import RestartPolicy
@@ -43,7 +44,7 @@ FROM services s JOIN deployments d ON d.id = s.deployment_id
 """
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExitRecord:
     """One end of a run."""
 
@@ -144,8 +145,8 @@ def load_services(conn: sqlite3.Connection, service_id: str | None = None) -> li
     else:
         rows = conn.execute(_SELECT + " WHERE s.id = ?", (service_id,)).fetchall()
     records = [ServiceRecord.from_row(row) for row in rows]
-    for record in records:
-        record.last_exit = load_last_exit(conn, record.id)
+    for service in records:
+        service.last_exit = load_last_exit(conn, service.id)
     return records
 
 

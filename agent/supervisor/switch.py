@@ -43,13 +43,13 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
 from agent.env import EnvService
+from agent.records import record
 from agent.store import Tx
 from agent.supervisor.health import CONTAINER_HOLD, HealthCheck, HealthState, probe
 from agent.supervisor.runtime import ExitStatus, Handle, RuntimeFailure
@@ -71,7 +71,7 @@ _GROWTH = 1.2
 _TCP = HealthCheck(type="tcp", timeout=2.0)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Replacement:
     """What to run instead of the current run.
 
@@ -94,7 +94,7 @@ class Replacement:
     image: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SwitchResult:
     """The new run, and the run it replaced (if any)."""
 
@@ -115,7 +115,7 @@ class SwitchFailed(Exception):
         super().__init__(reason)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Old:
     handle: Handle
     release_id: str | None

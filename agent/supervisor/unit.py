@@ -18,7 +18,6 @@ import os
 import random
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from agent.clock import Clock
 from agent.config import ServicesConfig
 from agent.env import EnvService
 from agent.logs.manager import LogManager
+from agent.records import record
 from agent.store import Database, Tx
 from agent.supervisor import procfs
 from agent.supervisor.build import build_local
@@ -66,7 +66,7 @@ _FIRST_PROBE = 0.05     # seconds; probes during a start back off from here to 1
 Begun = asyncio.Future[None]
 
 
-@dataclass(frozen=True)
+@record(slots=False)
 class UnitContext:
     """What every unit shares."""
 

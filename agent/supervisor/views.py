@@ -7,9 +7,9 @@ added, never renamed or removed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from agent.records import record
 from agent.supervisor.health import HealthState
 from agent.supervisor.states import DesiredState, ServiceState
 from agent.supervisor.store import ExitRecord
@@ -17,7 +17,7 @@ from agent.supervisor.store import ExitRecord
 __all__ = ["ServiceInfo", "ServiceStatus"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceInfo:
     """One service, as it is now.
 
@@ -47,7 +47,7 @@ class ServiceInfo:
     container_id: str | None = None  # the current run's container (Docker services)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServiceStatus:
     """A service with what it costs now and how its last run ended."""
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import psutil
 
 from agent import __version__
 from agent.clock import Clock
+from agent.records import record
 
 __all__ = ["PROVIDER_TIMEOUT", "UpstreamProviders", "collect", "default_providers"]
 
@@ -35,7 +35,7 @@ ServicesProvider = Callable[[], Awaitable[list[dict[str, Any]]]]
 MetricsProvider = Callable[[], Awaitable[dict[str, Any]]]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UpstreamProviders:
     """The three parts of an ``update``."""
 

@@ -12,7 +12,6 @@ import builtins
 import json
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
 from agent.clock import Clock
@@ -20,6 +19,7 @@ from agent.config import WebhooksConfig
 from agent.errors import Conflict, InvalidRequest, NotFound
 from agent.events import EVENT_TYPES
 from agent.ids import new_id
+from agent.records import record
 from agent.store import Database, Tx
 from agent.webhooks.signing import generate_secret, secret_hint, validate_secret
 from agent.webhooks.ssrf import TargetRefused, check_url
@@ -39,7 +39,7 @@ ALL_EVENTS = "*"
 PING_EVENT: Final = "webhook.ping"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Webhook:
     """One registered hook. ``secret`` is kept for signing and shown to users only once."""
 
@@ -68,7 +68,7 @@ class Webhook:
                    updated_at=row["updated_at"])
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Attempt:
     """One try at sending a delivery, as logged."""
 
@@ -82,7 +82,7 @@ class Attempt:
     next_attempt_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Delivery:
     """One event on its way to one hook, with every attempt so far."""
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+
+from agent.records import record
 
 __all__ = ["RetrySchedule", "parse_retry_after"]
 
@@ -24,7 +25,7 @@ _FACTOR = 3.0
 _JITTER = 0.2
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RetrySchedule:
     """The backoff of one agent's deliveries (from ``[webhooks]``)."""
 

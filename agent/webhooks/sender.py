@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 from typing import Literal
 
 import aiohttp
 
 from agent.clock import Clock
 from agent.config import WebhooksConfig
+from agent.records import record
 from agent.timefmt import from_epoch
 from agent.webhooks.schedule import parse_retry_after
 from agent.webhooks.signing import sign
@@ -39,7 +39,7 @@ def build_body(event_type: str, created_at: float, data_json: str) -> bytes:
             f'"data":{data_json}}}').encode()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Message:
     """What one attempt sends. ``msg_id`` (the event id) is the same on every retry."""
 
@@ -50,7 +50,7 @@ class Message:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttemptResult:
     """What happened. ``gone`` is a 410: the target asked never to be called again."""
 

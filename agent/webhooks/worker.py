@@ -19,12 +19,12 @@ import functools
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 import structlog
 
 from agent.clock import Clock
 from agent.config import WebhooksConfig
+from agent.records import record
 from agent.store import Database, Tx
 from agent.webhooks.hooks import cancel_pending
 from agent.webhooks.schedule import RetrySchedule
@@ -39,7 +39,7 @@ _PRUNE_EVERY = 3600.0
 _INTERRUPTED = "the agent stopped during this attempt; the target may have received it"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Job:
     delivery_id: str
     webhook_id: str

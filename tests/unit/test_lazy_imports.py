@@ -10,7 +10,8 @@ from pathlib import Path
 
 def test_a_built_app_has_not_loaded_what_it_does_not_use(tmp_path: Path) -> None:
     """Building the app (as serve does, upstream off, built-in proxy) loads neither PyJWT nor
-    cryptography, prometheus_client, the Docker SDK, requests, nor the upstream link."""
+    cryptography, prometheus_client, the Docker SDK, requests, the upstream link, the Caddy
+    backend, nor tarfile (only for provisioning Node.js)."""
     script = textwrap.dedent(f"""
         import sys
         import agent.cli, agent.api.server
@@ -20,8 +21,8 @@ def test_a_built_app_has_not_loaded_what_it_does_not_use(tmp_path: Path) -> None
         create_app(config, admin=AdminSeed("a@example.com", "password-1"))
         loaded = sorted(m for m in sys.modules
                         if m.split(".")[0] in ("jwt", "cryptography", "prometheus_client",
-                                               "docker", "requests", "urllib3")
-                        or m.startswith("agent.upstream"))
+                                               "docker", "requests", "urllib3", "tarfile")
+                        or m.startswith(("agent.upstream", "agent.proxy.caddy")))
         assert not loaded, loaded
     """)
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)

@@ -16,7 +16,9 @@ from aiohttp.test_utils import TestClient
 
 from agent.app import AdminSeed, create_app
 from agent.keys import PROXY_KEY
-from agent.proxy import BuiltinProxy, CaddyBackend, ProxyBackend
+from agent.proxy import ProxyBackend
+from agent.proxy.builtin import BuiltinProxy
+from agent.proxy.caddy import CaddyBackend
 from agent.testing import MemoryServiceLocator
 from tests.conftest import bearer, have_binary, login, require
 from tests.support.agent import ADMIN_EMAIL, ADMIN_PASSWORD, make_config

@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.proxy import CaddyBackend
+from agent.proxy.caddy import CaddyBackend
 from tests.integration.proxy.conftest import MakeProxy, ProxyHarness
 from tests.support.agent import eventually, free_port
 

@@ -42,6 +42,7 @@ from agent.keys import (
 from agent.metrics.looplag import watch_loop_lag
 from agent.records import record
 from agent.store import StateLock
+from agent.timers import sleep_interval
 
 __all__ = [
     "INITIAL_PASSWORD_FILE",
@@ -193,7 +194,7 @@ async def session_pruning_ctx(app: web.Application) -> AsyncIterator[None]:
                     log.info("sessions_pruned", count=deleted)
             except Exception as exc:  # keep pruning later; the store reports its own errors
                 log.warning("session_prune_failed", error_type=type(exc).__name__)
-            await asyncio.sleep(SESSION_PRUNE_INTERVAL)
+            await sleep_interval(SESSION_PRUNE_INTERVAL)
 
     task = asyncio.create_task(prune_forever())
     yield

@@ -11,6 +11,8 @@ import os
 import socket
 from collections.abc import AsyncIterator, Mapping
 
+from agent.timers import sleep_interval
+
 __all__ = ["Notifier"]
 
 
@@ -52,7 +54,7 @@ class Notifier:
         async def _ping() -> None:
             while True:
                 self.notify("WATCHDOG=1")
-                await asyncio.sleep(interval)
+                await sleep_interval(interval)
 
         task = asyncio.create_task(_ping())
         try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 
-__all__ = ["next_multiple", "sleep_until"]
+__all__ = ["next_multiple", "sleep_interval", "sleep_until"]
 
 
 def next_multiple(now: float, interval: float) -> float:
@@ -40,3 +40,9 @@ async def sleep_until(when: float) -> None:
         await future
     finally:
         handle.cancel()
+
+
+async def sleep_interval(interval: float) -> None:
+    """Sleep until the next multiple of ``interval`` on the loop's clock: the body of a
+    periodic task (at most ``interval`` seconds, sharing wake-ups with the other tasks)."""
+    await sleep_until(next_multiple(asyncio.get_running_loop().time(), interval))

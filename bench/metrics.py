@@ -40,6 +40,7 @@ import psutil
 if __package__ in (None, ""):  # run as a script (as its own child processes are)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._report import Row, Section, run_module
+from bench._report import cpu_seconds as process_cpu_seconds
 
 HERE = Path(__file__).resolve().parent
 ADMIN_EMAIL = "bench@example.com"
@@ -123,8 +124,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
+    """From the scheduler's clock, to the nanosecond (see ``_report.cpu_seconds``)."""
+    return process_cpu_seconds(proc.pid)
 
 
 def rss_mib(proc: psutil.Process) -> float:

@@ -41,7 +41,7 @@ import aiohttp
 
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._report import Row, Section, run_module
+from bench._report import Row, Section, cpu_seconds, run_module
 from bench.supervise import STAMPED, Agent, pct, wait_for
 
 QUICK_ARGS = ["--requests", "200", "--idle", "5", "--follow-seconds", "4"]
@@ -61,10 +61,9 @@ def timed(agent: Agent, path: str, n: int, paths: list[str] | None = None) -> li
 def idle_usage(agent: Agent, seconds: float) -> tuple[float, float]:
     """(RSS in MB at the end, CPU percent of one core) over ``seconds`` of idling."""
     proc = agent.process
-    before = proc.cpu_times()
+    before = cpu_seconds(proc.pid)  # the scheduler's clock: see _report.cpu_seconds
     time.sleep(seconds)
-    after = proc.cpu_times()
-    cpu = (after.user + after.system) - (before.user + before.system)
+    cpu = cpu_seconds(proc.pid) - before
     return proc.memory_info().rss / 1e6, cpu / seconds * 100
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import psutil
 
-from bench._report import Row, Section, run_module
+from bench._report import Row, Section, cpu_seconds, run_module
 
 PYTHON = sys.executable
 # The bench extra's supervisord (next to this interpreter), else the system's.
@@ -291,8 +291,9 @@ def start_latency(agent: Agent, sup: Supervisord, app: Path, agent_port: int, su
 
 
 def sample_idle(procs: dict[str, psutil.Process], seconds: float) -> dict[str, dict[str, float]]:
-    """RSS (max over the window) and CPU seconds used during ``seconds`` of idling."""
-    before = {name: p.cpu_times() for name, p in procs.items()}
+    """RSS (max over the window) and CPU seconds used during ``seconds`` of idling (from the
+    scheduler's clock: see ``_report.cpu_seconds``)."""
+    before = {name: cpu_seconds(p.pid) for name, p in procs.items()}
     rss = {name: 0.0 for name in procs}
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -301,8 +302,7 @@ def sample_idle(procs: dict[str, psutil.Process], seconds: float) -> dict[str, d
         time.sleep(1)
     out = {}
     for name, p in procs.items():
-        after = p.cpu_times()
-        cpu = (after.user + after.system) - (before[name].user + before[name].system)
+        cpu = cpu_seconds(p.pid) - before[name]
         out[name] = {"rss_mb": rss[name] / 1e6, "cpu_s": cpu, "cpu_pct": cpu / seconds * 100}
     return out
 
@@ -472,7 +472,7 @@ def collect(argv: list[str] | None = None) -> Section:
                            "no worse", a_idle["cpu_pct"] <= s_idle["cpu_pct"]))
             rows.append((f"{args.services} idle: CPU over {args.idle:g}s (%)",
                          f"{idle['agent']['cpu_pct']:.3f}", f"{idle['supervisord']['cpu_pct']:.3f}",
-                         f"cpu s {idle['agent']['cpu_s']:.2f} vs {idle['supervisord']['cpu_s']:.2f}"))
+                         f"cpu s {idle['agent']['cpu_s']:.3f} vs {idle['supervisord']['cpu_s']:.3f} (scheduler clock)"))
 
             st = status_latency(agent, sup, names, args.status_calls)
             a50, s50 = statistics.median(st["agent"]), statistics.median(st["supervisord"])

@@ -37,6 +37,7 @@ from agent.clock import Clock
 from agent.config import DockerConfig
 from agent.docker.sdk import docker, requests
 from agent.errors import RuntimeUnavailable
+from agent.timers import sleep_interval
 
 __all__ = ["DockerEngine", "EngineDown", "describe_failure"]
 
@@ -289,7 +290,7 @@ class DockerEngine:
         while True:
             interval = (self._config.retry_interval if self._available is False
                         else self._config.ping_interval)
-            await asyncio.sleep(interval)
+            await sleep_interval(interval)
             if self._wanted():
                 await self.ping()
 

@@ -31,6 +31,7 @@ from agent.metrics.cgroup import CgroupReader
 from agent.metrics.sources import ContainerUsageSource, ServiceUsage
 from agent.records import record
 from agent.supervisor.runtime import TreeStats
+from agent.timers import sleep_interval
 
 __all__ = ["DockerStats", "Reading", "reading_from_stats"]
 
@@ -170,7 +171,7 @@ class DockerStats(ContainerUsageSource):
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            await sleep_interval(self._interval)
             ids = list(self._containers())
             if ids and self._engine.available is not False:
                 try:

@@ -38,6 +38,7 @@ from agent.proxy.locator import ServiceLocator
 from agent.proxy.routes import RouteChange, RouteService
 from agent.proxy.table import RouteTable
 from agent.proxy.upstream import UpstreamPool
+from agent.timers import next_multiple
 
 __all__ = ["BuiltinProxy"]
 
@@ -109,7 +110,7 @@ class BuiltinProxy:
         except OSError:
             await self._close_clients()
             raise
-        self._sweeper = loop.call_later(_IDLE_TIMEOUT / 5, self._sweep)
+        self._sweeper = loop.call_at(next_multiple(loop.time(), _IDLE_TIMEOUT / 5), self._sweep)
         bound_host, bound_port = self.address
         self._listen = (f"{bound_host}:{bound_port}",)
         log.info("proxy_listening", backend="builtin", address=self._listen[0],
@@ -166,4 +167,4 @@ class BuiltinProxy:
             return
         loop = asyncio.get_running_loop()
         self._core.sweep(loop.time())
-        self._sweeper = loop.call_later(_IDLE_TIMEOUT / 5, self._sweep)
+        self._sweeper = loop.call_at(next_multiple(loop.time(), _IDLE_TIMEOUT / 5), self._sweep)

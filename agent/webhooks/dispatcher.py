@@ -23,6 +23,7 @@ from agent.clock import Clock
 from agent.events import EventBus
 from agent.ids import new_id
 from agent.store import Database, Tx
+from agent.timers import next_multiple
 from agent.webhooks.hooks import ALL_EVENTS, PING_EVENT
 
 __all__ = ["CURSOR_NAME", "Dispatcher"]
@@ -115,7 +116,8 @@ class Dispatcher:
                 self.rounds += 1
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll):
+                    loop = asyncio.get_running_loop()
+                    async with asyncio.timeout_at(next_multiple(loop.time(), self._poll)):
                         await subscription.get()
         finally:
             subscription.close()

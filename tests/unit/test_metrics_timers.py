@@ -45,3 +45,12 @@ async def test_sleep_until_wakes_at_the_instant_and_not_before() -> None:
     assert len(woke) == 3 and min(t for t, _ in woke) >= when
     assert len({i for _, i in woke}) == 1
     await sleep_until(loop.time() - 1)  # a past instant returns at once
+
+
+
+def test_the_lag_watcher_looks_closer_while_the_loop_is_late() -> None:
+    """Once a second while the loop keeps up; every 0.25 s after a late measurement."""
+    from agent.metrics.looplag import next_interval
+
+    assert next_interval(0.0) == next_interval(0.005) == 1.0
+    assert next_interval(0.011) == next_interval(2.0) == 0.25

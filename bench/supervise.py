@@ -472,7 +472,8 @@ def collect(argv: list[str] | None = None) -> Section:
                            "no worse", a_idle["cpu_pct"] <= s_idle["cpu_pct"]))
             rows.append((f"{args.services} idle: CPU over {args.idle:g}s (%)",
                          f"{idle['agent']['cpu_pct']:.3f}", f"{idle['supervisord']['cpu_pct']:.3f}",
-                         f"cpu s {idle['agent']['cpu_s']:.3f} vs {idle['supervisord']['cpu_s']:.3f} (scheduler clock)"))
+                         f"cpu s {idle['agent']['cpu_s']:.3f} vs "
+                         f"{idle['supervisord']['cpu_s']:.3f} (scheduler clock)"))
 
             st = status_latency(agent, sup, names, args.status_calls)
             a50, s50 = statistics.median(st["agent"]), statistics.median(st["supervisord"])

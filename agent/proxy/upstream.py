@@ -176,14 +176,20 @@ class UpstreamPool:
         if self._limit and self._open.get(key, 0) >= self._limit:
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.setdefault(key, collections.deque()).append(waiter)
-            await waiter  # a connection of this app was released or closed
+            try:
+                await waiter  # a connection of this app was released or closed
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._notify(key)  # woken, then cancelled: the slot goes to the next one
+                raise
             return await self.acquire(key)
         self._open[key] = self._open.get(key, 0) + 1
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: Connection(loop, self._read_timeout),
-                                       key[0], key[1]),
-                self._connect_timeout)
+            # asyncio.timeout, not wait_for: on 3.11 a wait_for cancelled just as the
+            # connection is made drops it, and its socket stays open with nobody to close it.
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(loop, self._read_timeout), key[0], key[1])
         except BaseException:
             self._open[key] -= 1
             self._notify(key)

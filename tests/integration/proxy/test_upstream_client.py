@@ -246,3 +246,24 @@ async def test_an_idle_connection_that_speaks_unasked_is_not_reused(serve: Serve
     await eventually(tainted, message="the stray bytes to arrive")
     assert await _get(pool, server.port) == (200, b"ok")
     assert server.connections == 2
+
+
+async def test_a_waiter_cancelled_after_its_wake_up_passes_the_slot_on(serve: Serve) -> None:
+    """Limit 1: the woken waiter is cancelled before it runs; the next waiter still gets the
+    free slot (the wake-up is not lost, nobody waits forever)."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server = await serve(handler)
+    pool = UpstreamPool(connect_timeout=5, read_timeout=5, limit=1, keepalive_timeout=30)
+    key = ("127.0.0.1", server.port)
+    held = await pool.acquire(key)
+    first = asyncio.ensure_future(pool.acquire(key))
+    second = asyncio.ensure_future(pool.acquire(key))
+    await asyncio.sleep(0)  # both are queued
+    pool.release(key, held, reuse=False)  # wakes the first
+    first.cancel()  # ... which is cancelled before it gets to run
+    conn = await asyncio.wait_for(second, 10)  # a bound on a hang, not a timing assertion
+    assert first.cancelled()
+    pool.release(key, conn, reuse=False)
+    await pool.close()

@@ -23,6 +23,7 @@ them. The contract every runtime keeps:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal as _signal
@@ -108,9 +109,10 @@ class RunSpec:
         return self.run_name or self.kind
 
 
-@record
+@record(slots=False)  # not slotted: ``key`` is cached in the instance's __dict__
 class Handle:
-    """A persisted reference to a running app. ``data`` is runtime-specific JSON."""
+    """A persisted reference to a running app. ``data`` is runtime-specific JSON (and is
+    not changed after the handle is made: ``key`` is computed once)."""
 
     runtime: str                 # "process" | "docker"
     data: Mapping[str, Any]
@@ -122,6 +124,11 @@ class Handle:
         return int(pid) if pid is not None else None
 
     def to_json(self) -> str:
+        return self.key
+
+    @functools.cached_property
+    def key(self) -> str:
+        """The handle as canonical JSON: what is stored, and a key that identifies the run."""
         return json.dumps({"runtime": self.runtime, **self.data}, separators=(",", ":"),
                           sort_keys=True)
 

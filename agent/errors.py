@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import json
 import sqlite3
+import traceback
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
@@ -52,6 +53,7 @@ __all__ = [
     "envelope",
     "from_exception",
     "from_validation_error",
+    "where",
 ]
 
 
@@ -244,3 +246,13 @@ def from_exception(exc: BaseException) -> AgentError:
     if _is_disk_full(exc):
         return InsufficientStorage()
     return AgentError()
+
+
+def where(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as ``file.py:line:function``: what a log line may say of an
+    unexpected exception (its text may carry secrets or request data, so never that)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}:{last.name}"

@@ -22,7 +22,6 @@ import json
 import re
 import secrets
 import time
-import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 
@@ -44,6 +43,7 @@ from agent.errors import (
     Unauthorized,
     error_for_status,
     from_exception,
+    where,
 )
 from agent.keys import PRINCIPAL_KEY, REQUEST_ID_KEY
 from agent.metrics.prometheus import AgentMetrics, RequestSeries
@@ -115,12 +115,6 @@ def _translate_http(exc: web.HTTPException) -> AgentError:
     return error_for_status(exc.status)
 
 
-def _where(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "unknown"
-    last = frames[-1]
-    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}:{last.name}"
 
 
 def client_address(request: web.Request, trusted: tuple[_Network, ...]) -> str:
@@ -246,10 +240,10 @@ def make_api_middleware(app: web.Application, *, auth: AuthService, limits: Rate
                 error = from_exception(exc)
                 if isinstance(error, InsufficientStorage) and not exchange.started:
                     # Expected while the disk is full: the client gets 507, reads go on.
-                    log.warning("request_refused_disk_full", where=_where(exc))
+                    log.warning("request_refused_disk_full", where=where(exc))
                 elif error.status >= 500 or exchange.started:
                     # The type and place only: an exception's text may carry secrets.
-                    log.error("request_failed", error_type=type(exc).__name__, where=_where(exc))
+                    log.error("request_failed", error_type=type(exc).__name__, where=where(exc))
                     error.details["request_id"] = request_id
                 if exchange.started:
                     raise

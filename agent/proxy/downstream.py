@@ -23,13 +23,19 @@ head) are closed by a sweep.
 from __future__ import annotations
 
 import asyncio
-import traceback
 from typing import cast
 
 import httptools
 import structlog
 
-from agent.errors import AgentError, BadGateway, InvalidRequest, MethodNotAllowed, NotFound
+from agent.errors import (
+    AgentError,
+    BadGateway,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    where,
+)
 from agent.proxy.chunked import ChunkedDecoder, ChunkedError
 from agent.proxy.core import ProxyCore
 from agent.proxy.exchange import Exchange
@@ -140,9 +146,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _crashed(self, exc: Exception) -> None:
         """A bug: logged with the type and place only (the text may hold request data)."""
-        frames = traceback.extract_tb(exc.__traceback__)
-        log.error("proxy_request_failed", error_type=type(exc).__name__,
-                  where=f"{frames[-1].name}:{frames[-1].lineno}" if frames else "unknown")
+        log.error("proxy_request_failed", error_type=type(exc).__name__, where=where(exc))
         if self._exchange is not None:
             exchange, self._exchange = self._exchange, None
             exchange.abort()

@@ -24,12 +24,11 @@ request body was sent.
 from __future__ import annotations
 
 import asyncio
-import traceback
 from typing import Protocol
 
 import structlog
 
-from agent.errors import AgentError, BadGateway, GatewayTimeout
+from agent.errors import AgentError, BadGateway, GatewayTimeout, where
 from agent.proxy.chunked import encode_chunk
 from agent.proxy.connection import Connection
 from agent.proxy.http1 import IDEMPOTENT, Head, UpstreamError
@@ -74,12 +73,6 @@ class Client(Protocol):
         """The answer was cut short after it started: the connection must close."""
 
 
-def _where(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "unknown"
-    last = frames[-1]
-    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}:{last.name}"
 
 
 class Exchange:
@@ -146,7 +139,7 @@ class Exchange:
             return
         except Exception as exc:  # a bug: answered, logged with its type and place only
             self._task = None
-            log.error("proxy_request_failed", error_type=type(exc).__name__, where=_where(exc))
+            log.error("proxy_request_failed", error_type=type(exc).__name__, where=where(exc))
             self._answer(AgentError())
             return
         self._task = None
@@ -268,7 +261,7 @@ class Exchange:
         assert conn is not None
         self._ctx.pool.release(self._key, conn, reuse=False)
         if not isinstance(exc, (UpstreamError, OSError, TimeoutError)):
-            log.error("proxy_request_failed", error_type=type(exc).__name__, where=_where(exc))
+            log.error("proxy_request_failed", error_type=type(exc).__name__, where=where(exc))
         if self._finished:
             return
         if self._framing is not None:

@@ -16,14 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import traceback
 from collections.abc import Callable
 
 import structlog
 from aiohttp import ClientSession, web
 from yarl import URL
 
-from agent.errors import AgentError, BadGateway, GatewayTimeout, MethodNotAllowed, NotFound
+from agent.errors import (
+    AgentError,
+    BadGateway,
+    GatewayTimeout,
+    MethodNotAllowed,
+    NotFound,
+    where,
+)
 from agent.proxy.headers import TrustedNetworks, forwarded_request_headers, response_headers
 from agent.proxy.http1 import IDEMPOTENT
 from agent.proxy.locator import ServiceLocator, StaticSite, Upstream
@@ -47,12 +53,6 @@ class _NotSent(Exception):
     """The request never reached the upstream (refused, or closed before it was read)."""
 
 
-def _where(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "unknown"
-    last = frames[-1]
-    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}:{last.name}"
 
 
 def _error(error: AgentError) -> web.Response:
@@ -100,7 +100,7 @@ class AiohttpSide:
         except Exception as exc:
             # The type and place only, as the API does: the text may carry request data.
             log.error("proxy_request_failed", error_type=type(exc).__name__,
-                      where=_where(exc))
+                      where=where(exc))
             return _error(AgentError())
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from agent.metrics.readings import CpuTimes, IoCounters, NicCounters
+from agent.metrics.readings import CpuTimes, IoCounters, MemoryReading, NicCounters
 
 __all__ = [
     "KeptFile",
-    "MemInfo",
     "StatLine",
     "count_processes",
     "parse_cpu_times",
@@ -130,22 +129,11 @@ def parse_loadavg(data: bytes) -> tuple[float, float, float]:
     return float(one), float(five), float(fifteen)
 
 
-class MemInfo(NamedTuple):
-    """Memory and swap in bytes, as ``psutil.virtual_memory``/``swap_memory`` compute them."""
-
-    total: int
-    available: int
-    used: int
-    swap_total: int
-    swap_used: int
-    swap_free: int
-
-
 _MEMINFO_KEYS = frozenset({b"MemTotal:", b"MemFree:", b"MemAvailable:", b"Buffers:",
                            b"Cached:", b"SReclaimable:", b"SwapTotal:", b"SwapFree:"})
 
 
-def parse_meminfo(data: bytes) -> MemInfo:
+def parse_meminfo(data: bytes) -> MemoryReading:
     """``/proc/meminfo`` in bytes. ``used`` is total less available (psutil 6+ and ``free``);
     without a usable ``MemAvailable`` (kernels before 3.14) available is free + buffers +
     page cache."""
@@ -164,9 +152,9 @@ def parse_meminfo(data: bytes) -> MemInfo:
         available = free
     swap_total = found.get(b"SwapTotal:", 0)
     swap_free = found.get(b"SwapFree:", 0)
-    return MemInfo(total=total, available=available, used=max(0, total - available),
-                   swap_total=swap_total, swap_used=max(0, swap_total - swap_free),
-                   swap_free=swap_free)
+    return MemoryReading(total=total, available=available, used=max(0, total - available),
+                         swap_total=swap_total, swap_used=max(0, swap_total - swap_free),
+                         swap_free=swap_free)
 
 
 def parse_diskstats(data: bytes, devices: frozenset[str]) -> IoCounters | None:

@@ -17,6 +17,7 @@ Less often:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 
@@ -128,16 +129,12 @@ class PsutilHostReader:
         data = self._meminfo.read()
         if data is None:
             raise OSError(f"cannot read {self._meminfo.path}")
-        m = parse_meminfo(data)
+        memory = parse_meminfo(data)
         limited = self._cgroup.read() if self._cgroup is not None else None
-        if limited is not None and limited.limit < m.total:
-            return MemoryReading(total=m.total, available=m.available, used=m.used,
-                                 swap_total=m.swap_total, swap_used=m.swap_used,
-                                 swap_free=m.swap_free, cgroup_limit=limited.limit,
-                                 cgroup_used=limited.used)
-        return MemoryReading(total=m.total, available=m.available, used=m.used,
-                             swap_total=m.swap_total, swap_used=m.swap_used,
-                             swap_free=m.swap_free)
+        if limited is not None and limited.limit < memory.total:
+            return dataclasses.replace(memory, cgroup_limit=limited.limit,
+                                       cgroup_used=limited.used)
+        return memory
 
     def _slow(self) -> None:
         self._mounts = _mounts()

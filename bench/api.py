@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench._report import Row, Section, run_module
+from bench._report import Row, Section, cpu_seconds, run_module
 
 HELLO_SERVER = textwrap.dedent("""
     import sys
@@ -62,12 +62,6 @@ class Result:
     non_2xx: int
     requests: int = 0
     cpu_us: float = 0.0  # CPU time the server process spent per request
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

@@ -109,10 +109,10 @@ class RunSpec:
         return self.run_name or self.kind
 
 
-@record(slots=False)  # not slotted: ``key`` is cached in the instance's __dict__
+@record(slots=False)  # not slotted: the JSON is cached in the instance's __dict__
 class Handle:
     """A persisted reference to a running app. ``data`` is runtime-specific JSON (and is
-    not changed after the handle is made: ``key`` is computed once)."""
+    not changed after the handle is made: its JSON is computed once)."""
 
     runtime: str                 # "process" | "docker"
     data: Mapping[str, Any]
@@ -124,11 +124,11 @@ class Handle:
         return int(pid) if pid is not None else None
 
     def to_json(self) -> str:
-        return self.key
+        """The handle as canonical JSON: what is stored, and a key that identifies the run."""
+        return self._json
 
     @functools.cached_property
-    def key(self) -> str:
-        """The handle as canonical JSON: what is stored, and a key that identifies the run."""
+    def _json(self) -> str:
         return json.dumps({"runtime": self.runtime, **self.data}, separators=(",", ":"),
                           sort_keys=True)
 

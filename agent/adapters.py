@@ -60,6 +60,8 @@ class SupervisorView(ServiceLocator, ServiceSource):
 
     def __init__(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
+        self._processes: list[ServiceProcess] = []
+        self._revision = -1
 
     def _info(self, service_id: str) -> ServiceInfo | None:
         try:
@@ -84,11 +86,18 @@ class SupervisorView(ServiceLocator, ServiceSource):
         return Upstream("127.0.0.1", info.listen_port)
 
     def services(self) -> list[ServiceProcess]:
-        return [ServiceProcess(service_id=info.id, name=info.name,
+        """Every service as the sampler sees it: rebuilt only when the supervisor's revision
+        moved (a quiet agent's sample touches no unit)."""
+        revision = self._supervisor.revision
+        if revision != self._revision:
+            self._processes = [
+                ServiceProcess(service_id=info.id, name=info.name,
                                runtime="docker" if info.runtime == "docker" else "process",
                                state=info.state.value, pid=info.pid,
                                container_id=info.container_id)
                 for info in self._supervisor.list()]
+            self._revision = revision
+        return list(self._processes)
 
 
 def proxy_state_source(proxy: ProxyBackend) -> Callable[[], ProxyState]:
@@ -180,8 +189,7 @@ def uses_docker(supervisor: Supervisor, *, default_runtime: str) -> Callable[[],
     deployments run in Docker by default."""
 
     def wanted() -> bool:
-        return default_runtime == "docker" or any(
-            info.runtime == "docker" for info in supervisor.list())
+        return default_runtime == "docker" or supervisor.has_runtime("docker")
 
     return wanted
 

@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 _PING_TIMEOUT = 3.0     # seconds a ping may take before the engine counts as not answering
 _FRESH = 0.5            # seconds a successful call vouches for the engine (no ping needed)
+_UNWANTED_INTERVAL = 30.0  # seconds between looks while no service uses Docker
 _API_THREADS = 8
 _BUILD_THREADS = 4
 _POOL_SIZE = 512        # idle HTTP connections kept (log streams hold one each while open)
@@ -290,6 +291,10 @@ class DockerEngine:
         while True:
             interval = (self._config.retry_interval if self._available is False
                         else self._config.ping_interval)
+            if not self._wanted():
+                # No Docker service: only look now and then whether one came (a command on
+                # a Docker service pings first anyway when the last answer is stale).
+                interval = max(interval, _UNWANTED_INTERVAL)
             await sleep_interval(interval)
             if self._wanted():
                 await self.ping()

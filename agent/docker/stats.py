@@ -97,6 +97,7 @@ class DockerStats(ContainerUsageSource):
         self._task: asyncio.Task[None] | None = None
         self._pending: set[str] = set()
         self._firsts: set[asyncio.Task[None]] = set()
+        self._watched = asyncio.Event()  # set by wake(): a container may be running now
 
     # -- readers (cheap, never wait) ---------------------------------------------------------
 
@@ -169,8 +170,17 @@ class DockerStats(ContainerUsageSource):
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
+    def wake(self) -> None:
+        """A container is watched now: refresh every interval again (without any, the
+        refresh task sleeps without a timer, so an agent without containers never wakes
+        for it)."""
+        self._watched.set()
+
     async def _loop(self) -> None:
         while True:
+            if not any(True for _ in self._containers()):
+                self._watched.clear()
+                await self._watched.wait()
             await sleep_interval(self._interval)
             ids = list(self._containers())
             if ids and self._engine.available is not False:

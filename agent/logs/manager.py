@@ -234,9 +234,34 @@ class LogManager:
             safety = loop.time() >= next_safety
             if safety:
                 next_safety = next_multiple(loop.time(), _SAFETY_INTERVAL)
-            for entry in list(self._entries.values()):
-                if entry.live and (not entry.inotify or safety):
-                    self.kick(entry.service_id)
+            due = [entry for entry in self._entries.values()
+                   if entry.live and (not entry.inotify or safety)]
+            if due:
+                await self._pump_together(due)
+
+    async def _pump_together(self, entries: list[_Entry]) -> None:
+        """Pump ``entries`` in one step of the capture thread (a poll of many services
+        costs one hand-over, not one per service). An entry with a pump in progress is
+        marked dirty instead, and one that is failing is left to its retry timer."""
+        batch = []
+        for entry in entries:
+            if entry.closed or entry.retry is not None:
+                continue
+            if entry.task is not None and not entry.task.done():
+                entry.dirty = True
+            else:
+                batch.append(entry)
+        if not batch:
+            return
+        captures = [entry.capture for entry in batch]
+        results = await self._run(lambda: [_try_pump(capture) for capture in captures])
+        for entry, result in zip(batch, results, strict=True):
+            if isinstance(result, OSError):
+                self._failed(entry, result)
+                continue
+            self._succeeded(entry)
+            if result:
+                self._notify(entry)
 
     def _notify(self, entry: _Entry) -> None:
         event, entry.changed = entry.changed, asyncio.Event()
@@ -292,3 +317,11 @@ class LogManager:
         self._stopping = True
         for entry in self._entries.values():
             self._notify(entry)
+
+
+def _try_pump(capture: LogCapture) -> int | OSError:
+    """``capture.pump()``, with a failure returned rather than raised (on the capture thread)."""
+    try:
+        return capture.pump()
+    except OSError as exc:
+        return exc

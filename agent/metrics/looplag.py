@@ -9,44 +9,82 @@ difference of two scrapes gives the lag's distribution over any period (the benc
 it around a burst of deployments).
 
 The Python it runs is a few microseconds, but each wake-up of an idle loop costs about
-0.5-1.5 ms of CPU on the 2-core build machine (see docs/benchmarks.md): so the watcher looks
-once a second while the loop keeps up, and four times a second only while it is late.
+0.5-1.5 ms of CPU on the 2-core build machine (see docs/benchmarks.md), which on a quiet
+agent is most of its CPU. So how often it looks follows what the loop is doing:
+
+- ``BUSY_INTERVAL`` (0.25 s) after a measurement more than ``BUSY_LAG`` late: a stall is
+  then four times likelier to be seen;
+- ``ACTIVE_INTERVAL`` (1 s) while the loop's thread used at least ``ACTIVE_SHARE`` of the
+  last interval in CPU (requests, deployments: the loop is awake anyway, so looking is
+  nearly free, and a stall of a second or more is always seen);
+- ``QUIET_INTERVAL`` (5 s) otherwise: on the sampler's default grid, so a quiet agent wakes
+  for nothing else. A stall in a quiet loop is rare (nothing runs), and one that uses the
+  CPU makes the next interval an active one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
-from agent.timers import next_multiple, sleep_until
+from agent.timers import next_multiple
 
-__all__ = ["BUSY_INTERVAL", "IDLE_INTERVAL", "next_interval", "watch_loop_lag"]
+__all__ = ["ACTIVE_INTERVAL", "ACTIVE_SHARE", "BUSY_INTERVAL", "BUSY_LAG", "QUIET_INTERVAL",
+           "next_interval", "watch_loop_lag"]
 
-IDLE_INTERVAL = 1.0   # seconds between measurements while the loop keeps up
-BUSY_INTERVAL = 0.25  # ... while it is late: a stall is then four times likelier to be seen
-BUSY_LAG = 0.01       # a lag above this means the loop had work in hand (timers of an idle
-                      # loop fire a few milliseconds late on a busy virtual machine)
+BUSY_INTERVAL = 0.25  # seconds between measurements while the loop is late
+ACTIVE_INTERVAL = 1.0  # ... while it works
+QUIET_INTERVAL = 5.0   # ... while it sleeps
+BUSY_LAG = 0.025      # a lag above this means the loop had work in hand (timers of an idle
+                      # loop fire late on a virtual machine: on the build machine 2-5 ms
+                      # after a 1 s sleep, up to 16 ms after a 5 s one)
+ACTIVE_SHARE = 0.05   # CPU of the loop's thread over an interval, as a share of it, from
+                      # which the loop counts as working. Above what a quiet agent uses (with
+                      # 200 services, under 1% on the build machine) and what the watcher's
+                      # own wake-up costs there (up to ~15 ms: a just-woken virtual CPU runs
+                      # slowly), or it would keep itself in the active tier.
 
 
 async def watch_loop_lag(record: Callable[[float], None], *,
-                         idle_interval: float = IDLE_INTERVAL,
-                         busy_interval: float = BUSY_INTERVAL) -> None:
+                         cpu_clock: Callable[[], float] = time.thread_time) -> None:
     """Measure the running loop's lag until cancelled; ``record`` gets each lag in seconds.
 
-    Every ``idle_interval`` seconds, or every ``busy_interval`` while the last measurement
-    was over ``BUSY_LAG``: an idle agent wakes once a second for this, a busy one is watched
-    closely (its measurements are then more frequent, which the histogram reflects)."""
+    ``cpu_clock`` is the CPU time of the loop's thread (this task runs on it), read once per
+    measurement to tell a working loop from a quiet one (see ``next_interval``)."""
     loop = asyncio.get_running_loop()
-    interval = idle_interval
+    interval = ACTIVE_INTERVAL
+    cpu = cpu_clock()
     while True:
         expected = next_multiple(loop.time(), interval)
-        await sleep_until(expected)
-        lag = loop.time() - expected
+        started = loop.time()
+        fired = await _timer_fired(loop, expected)
+        # The lag is how late the timer's callback ran, not this task: timers due at the same
+        # instant (the shared grid) run their callbacks first, then the tasks they wake, so
+        # the periodic work of that instant is not counted as lag of the loop.
+        lag = fired - expected
         record(lag)
-        interval = next_interval(lag, idle_interval=idle_interval, busy_interval=busy_interval)
+        now = loop.time()
+        cpu, used = cpu_clock(), cpu
+        interval = next_interval(lag, (cpu - used) / max(now - started, 1e-3))
 
 
-def next_interval(lag: float, *, idle_interval: float = IDLE_INTERVAL,
-                  busy_interval: float = BUSY_INTERVAL) -> float:
-    """How long to wait before the next measurement, after one of ``lag`` seconds."""
-    return busy_interval if lag > BUSY_LAG else idle_interval
+def next_interval(lag: float, cpu_share: float) -> float:
+    """How long to wait before the next measurement, after one of ``lag`` seconds that ended
+    a period in which the loop's thread used ``cpu_share`` of the time in CPU."""
+    if lag > BUSY_LAG:
+        return BUSY_INTERVAL
+    return ACTIVE_INTERVAL if cpu_share >= ACTIVE_SHARE else QUIET_INTERVAL
+
+
+def _timer_fired(loop: asyncio.AbstractEventLoop, when: float) -> asyncio.Future[float]:
+    """A future that gets the loop's time at which a timer set for ``when`` ran."""
+    future: asyncio.Future[float] = loop.create_future()
+
+    def fire() -> None:
+        if not future.done():
+            future.set_result(loop.time())
+
+    handle = loop.call_at(when, fire)
+    future.add_done_callback(lambda _: handle.cancel())
+    return future

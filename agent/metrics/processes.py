@@ -2,11 +2,15 @@
 
 Each service's tree is walked from its root pid in a table of every process's parent, so a
 grandchild that a shell or a process manager spawned is counted. The table comes from a
-scan of ``/proc`` when a service or its root pid is new, and at least every ``rescan``
-seconds; in between only the known members of each tree are read, so a process spawned
-since the last scan is counted from the next one. A scan reads the stat file of processes
-it has not seen before only: a process keeps its ``/proc/<pid>`` inode for life, and a
-process's parent only changes when that parent exits (then it is read again).
+scan of ``/proc`` when a service or its root pid is new; every ``rescan`` seconds when a
+process was created since the last scan (the last pid the kernel handed out, from
+``/proc/loadavg``, moved); and every ``full_rescan`` seconds anyway (a process whose parent
+exited changes parent without any process being created). In between only the known
+members of each tree are read, so a process spawned since the last scan is counted from the
+next one. On a quiet host nothing is created and the scan, the largest part of a sample's
+cost, is skipped. A scan reads the stat file of processes it has not seen before only: a
+process keeps its ``/proc/<pid>`` inode for life, and a process's parent only changes when
+that parent exits (then it is read again).
 
 Every sample reads each member's ``/proc/<pid>/stat`` (CPU time, threads, resident size)
 through a file kept open (one ``pread``; see ``agent.metrics.procfs``), up to a budget of
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import os
 import resource
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,11 +43,11 @@ import psutil
 
 from agent.metrics.cgroup import CgroupReader
 from agent.metrics.compute import finite
-from agent.metrics.procfs import StatLine, parse_stat, read_file
+from agent.metrics.procfs import KeptFile, StatLine, parse_stat, read_file
 from agent.metrics.snapshot import ServiceSample
 from agent.metrics.sources import ContainerUsageSource, ServiceProcess, ServiceUsage
 
-__all__ = ["ProcStat", "ProcessTreeSampler", "scan_processes"]
+__all__ = ["LastPid", "ProcStat", "ProcessTreeSampler", "scan_processes"]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -116,6 +120,24 @@ def scan_processes(proc_root: Path = Path("/proc"),
     return table
 
 
+class LastPid:
+    """The last pid the kernel handed out in this pid namespace (``/proc/loadavg``'s last
+    field): it moves whenever a process or thread is created. None when unreadable."""
+
+    def __init__(self, proc_root: str = "/proc") -> None:
+        self._file = KeptFile(f"{proc_root}/loadavg", 128)
+
+    def __call__(self) -> int | None:
+        data = self._file.read()
+        try:
+            return int(data.split()[4]) if data else None
+        except (IndexError, ValueError):
+            return None
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def _fd_budget() -> int:
     try:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -179,17 +201,23 @@ class _Proc:
 class ProcessTreeSampler:
     """Measures services' process trees; remembers CPU times and tree members between samples.
 
-    The whole process table is scanned when a service or its root pid is new, and at
-    least every ``rescan`` seconds; in between, only the known members of each tree are
-    read, so a process spawned since the last scan is counted from the next one. Open
-    descriptors are counted every ``files_every`` samples; at most ``max_open_files`` stat
-    files are kept open (default: a quarter of the descriptor limit, at most 1024).
+    The whole process table is scanned when a service or its root pid is new, every
+    ``rescan`` seconds while processes are being created (``last_pid`` moved: see the module's
+    docstring), and every ``full_rescan`` seconds anyway; in between, only the known members
+    of each tree are read, so a process spawned since the last scan is counted from the next
+    one. Open descriptors are counted every ``files_every`` samples; at most
+    ``max_open_files`` stat files are kept open (default: a quarter of the descriptor limit,
+    at most 1024).
     """
 
     def __init__(self, *, proc_root: Path = Path("/proc"), cgroups: CgroupReader | None = None,
                  containers: ContainerUsageSource | None = None, rescan: float = 5.0,
+                 full_rescan: float = 60.0, last_pid: Callable[[], int | None] | None = None,
                  files_every: int = 5, max_open_files: int | None = None) -> None:
         self._proc_root = str(proc_root)
+        self._full_rescan = max(rescan, full_rescan)
+        self._last_pid = last_pid or LastPid(self._proc_root)
+        self._last_pid_at_scan: int | None = None
         self._cgroups = cgroups or CgroupReader()
         self._containers = containers
         self._rescan = rescan
@@ -216,14 +244,20 @@ class ProcessTreeSampler:
         return len(self._procs)
 
     def close(self) -> None:
-        """Close the stat files kept open."""
+        """Close the files kept open."""
         for proc in self._procs.values():
             self._forget(proc)
         self._procs = {}
+        if isinstance(self._last_pid, LastPid):
+            self._last_pid.close()
 
     def _needs_scan(self, services: Sequence[ServiceProcess], monotonic: float) -> bool:
-        if self._last_scan is None or monotonic - self._last_scan >= self._rescan:
+        if self._last_scan is None or monotonic - self._last_scan >= self._full_rescan:
             return True
+        if monotonic - self._last_scan >= self._rescan:
+            last_pid = self._last_pid()
+            if last_pid is None or last_pid != self._last_pid_at_scan:
+                return True
         for service in services:
             if service.pid is not None and service.container_id is None:
                 known = self._members.get(service.service_id)
@@ -253,6 +287,8 @@ class ProcessTreeSampler:
         table: dict[int, ProcStat] | None = None
         children: dict[int, list[int]] | None = None
         if any(s.pid is not None for s in services) and self._needs_scan(services, monotonic):
+            # Read before the scan: a process created during it moves the pid for the next.
+            self._last_pid_at_scan = self._last_pid()
             table = scan_processes(Path(self._proc_root), self._table)
             self._table = table
             children = _children(table)

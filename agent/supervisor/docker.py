@@ -236,6 +236,7 @@ class DockerRuntime:
         watch = _Watch(container_id=cid, logs=spec.logs, run_dir=spec.run_dir,
                        exited=loop.create_future())
         self._watches[cid] = watch
+        self.stats_cache.wake()
         return watch
 
     def _forwarders(self, watch: _Watch) -> list[LogForwarder]:

@@ -36,7 +36,7 @@ from agent.supervisor.runtime import Handle, LogPaths, RunSpec, Runtime, TreeSta
 from agent.supervisor.states import ACTIVE_STATES
 from agent.supervisor.store import ServiceRecord, load_services
 from agent.supervisor.switch import Replacement, SwitchResult, replace
-from agent.supervisor.unit import ServiceUnit, UnitContext
+from agent.supervisor.unit import Revision, ServiceUnit, UnitContext
 from agent.supervisor.views import ServiceInfo, ServiceStatus
 
 __all__ = ["INHERITED_ENV", "Supervisor"]
@@ -75,6 +75,8 @@ class Supervisor:
         self._rng = rng or random.Random()
         self._build_timeout = build_timeout
         self._units: dict[str, ServiceUnit] = {}
+        self._revision = Revision()  # bumped by every unit's record change, and here
+        self._in_use: tuple[int, frozenset[str]] = (-1, frozenset())
         self._names: dict[str, str] = {}
         self._samples: dict[str, _Sample] = {}
         self._ctx: dict[str, UnitContext] = {}
@@ -95,7 +97,8 @@ class Supervisor:
                 base_env.setdefault("PATH", _DEFAULT_PATH)
             ctx = UnitContext(db=self._db, clock=self._clock, runtime=runtime, logs=self._logs,
                               env=self._env, config=self._config, base_env=base_env,
-                              rng=self._rng, build_timeout=self._build_timeout)
+                              rng=self._rng, build_timeout=self._build_timeout,
+                              revision=self._revision)
             self._ctx[runtime_kind] = ctx
         return ctx
 
@@ -155,6 +158,7 @@ class Supervisor:
         unit = ServiceUnit(record, ctx, app_dir=app_dir, raw_logs=raw)
         self._units[record.id] = unit
         self._names[record.name] = record.id
+        self._revision.bump()
         return unit
 
     async def close(self) -> None:
@@ -163,6 +167,7 @@ class Supervisor:
             unit.detach()
         self._units.clear()
         self._names.clear()
+        self._revision.bump()
 
     # -- membership --------------------------------------------------------------------------
 
@@ -184,6 +189,7 @@ class Supervisor:
         await unit.remove()
         self._units.pop(unit.r.id, None)
         self._names.pop(unit.r.name, None)
+        self._revision.bump()
         self._samples.pop(unit.r.id, None)
         await self._logs.detach(unit.r.id, remove=True)
 
@@ -198,6 +204,20 @@ class Supervisor:
     def list(self) -> list[ServiceInfo]:
         """Every service, by id (creation order)."""
         return [self._units[key].info() for key in sorted(self._units)]
+
+    @property
+    def revision(self) -> int:
+        """Grows whenever a service's record changes or a service comes or goes: what is
+        derived from ``list()`` (bar health) can be reused while it is the same."""
+        return self._revision.value
+
+    def has_runtime(self, runtime: str) -> bool:
+        """Whether any service uses ``runtime`` ("process", "docker", "static")."""
+        revision, runtimes = self._in_use
+        if revision != self._revision.value:
+            runtimes = frozenset(unit.r.runtime for unit in self._units.values())
+            self._in_use = (self._revision.value, runtimes)
+        return runtime in runtimes
 
     def get(self, key: str) -> ServiceInfo:
         """One service by id or name; NotFound otherwise."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ class ExitRecord:
                 "stderr_tail": list(self.stderr_tail)}
 
 
-@dataclass
+@dataclass(frozen=True)  # replaced, never changed: ServiceUnit.info() caches on identity
 class ServiceRecord:
     """A service and the settings of its deployment that supervision needs."""
 
@@ -144,10 +144,8 @@ def load_services(conn: sqlite3.Connection, service_id: str | None = None) -> li
         rows = conn.execute(_SELECT + " ORDER BY s.id").fetchall()
     else:
         rows = conn.execute(_SELECT + " WHERE s.id = ?", (service_id,)).fetchall()
-    records = [ServiceRecord.from_row(row) for row in rows]
-    for service in records:
-        service.last_exit = load_last_exit(conn, service.id)
-    return records
+    return [replace(record, last_exit=load_last_exit(conn, record.id))
+            for record in map(ServiceRecord.from_row, rows)]
 
 
 def load_last_exit(conn: sqlite3.Connection, service_id: str) -> ExitRecord | None:

@@ -26,6 +26,7 @@ from agent.clock import Clock
 from agent.config import WebhooksConfig
 from agent.records import record
 from agent.store import Database, Tx
+from agent.timers import next_multiple
 from agent.webhooks.hooks import cancel_pending
 from agent.webhooks.schedule import RetrySchedule
 from agent.webhooks.sender import AttemptResult, Message, Sender, build_body
@@ -114,8 +115,13 @@ class DeliveryWorker:
                     wait = self._max_wait
                 self.rounds += 1
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+                # Nothing due sooner: poll on the shared grid of agent.timers (a quiet agent
+                # then wakes once for this and its other periodic work).
+                loop = asyncio.get_running_loop()
+                until = (next_multiple(loop.time(), self._max_wait) if wait >= self._max_wait
+                         else loop.time() + max(0.0, wait))
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, wait)):
+                    async with asyncio.timeout_at(until):
                         await self._wake.wait()
         finally:
             await self.stop()

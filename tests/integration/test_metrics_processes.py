@@ -60,6 +60,60 @@ def test_new_child_counts_from_the_next_rescan_and_exit_is_seen_at_once() -> Non
             shell.stdin.close()
 
 
+def test_the_last_pid_moves_when_a_process_is_created() -> None:
+    """LastPid reads the kernel's last handed-out pid: a new process moves it."""
+    last_pid = processes.LastPid()
+    try:
+        before = last_pid()
+        assert before is not None
+        subprocess.run(["true"], check=True)
+        assert last_pid() != before
+    finally:
+        last_pid.close()
+
+
+def test_a_quiet_host_is_rescanned_only_when_a_process_was_created(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``rescan`` seconds the table is scanned again only if the last pid moved, and
+    after ``full_rescan`` seconds in any case; a service's new child counts from that scan."""
+    shell = _spawner()
+    scans: list[int] = []
+
+    def counting_scan(*args: Any) -> dict[int, processes.ProcStat]:
+        scans.append(1)
+        return scan_processes(*args)
+
+    monkeypatch.setattr(processes, "scan_processes", counting_scan)
+    last = [1000]
+    try:
+        sampler = ProcessTreeSampler(rescan=5.0, full_rescan=60.0, last_pid=lambda: last[0])
+        service = ServiceProcess("svc_sh", "sh", "process", "running", shell.pid)
+
+        def processes_at(when: float) -> int:
+            usage = sampler.sample([service], monotonic=when, wall=time.time())[0].usage
+            assert usage is not None
+            return usage.processes
+
+        assert processes_at(0.0) == 1 and len(scans) == 1
+        assert processes_at(10.0) == 1 and len(scans) == 1  # nothing created: no scan
+        assert shell.stdin is not None
+        shell.stdin.write(b"go\n")
+        shell.stdin.flush()
+        wait_until(lambda: psutil.Process(shell.pid).children(), message="the sleep child")
+        assert processes_at(20.0) == 1 and len(scans) == 1  # the fake pid has not moved
+        last[0] += 1
+        assert processes_at(22.0) == 2 and len(scans) == 2  # it moved: scanned, child seen
+        assert processes_at(30.0) == 2 and len(scans) == 2
+        assert processes_at(82.0) == 2 and len(scans) == 3  # full_rescan passed
+    finally:
+        for child in psutil.Process(shell.pid).children():
+            child.kill()
+        shell.kill()
+        shell.wait()
+        if shell.stdin is not None:
+            shell.stdin.close()
+
+
 def test_cpu_percent_is_cpu_time_over_wall_time_between_samples() -> None:
     """A child that burns CPU between two samples shows it; the first sample shows 0."""
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])

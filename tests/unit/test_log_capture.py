@@ -197,3 +197,46 @@ async def _follow_while_rotating(app_dir: Path, total: int) -> None:
     assert got == list(range(total))
     assert len(manager.files("svc").newest_first()) > 100
     await manager.close()
+
+
+async def test_without_inotify_the_poll_captures_every_live_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the kernel refuses inotify, the poll pumps the live services (all of them in one
+    step of the capture thread): every line of every service reaches its log."""
+    import errno
+
+    from agent.clock import SystemClock
+    from agent.logs import LogManager, LogReader
+    from agent.logs import manager as manager_module
+
+    def refuse(_: object) -> None:
+        raise manager_module.InotifyUnavailable(errno.EMFILE, "too many inotify instances")
+
+    monkeypatch.setattr(manager_module, "Inotify", refuse)
+    manager = LogManager(max_bytes=1 << 20, max_files=3, clock=SystemClock())
+    await manager.open()
+    services = [f"svc{i}" for i in range(5)]
+    for service_id in services:
+        raw = await manager.attach(service_id, tmp_path / service_id)
+        manager.set_live(service_id, True)
+        with open(raw.stdout, "ab") as out:
+            out.write(b"".join(b"%s line %d\n" % (service_id.encode(), n) for n in range(100)))
+
+    async def captured(service_id: str) -> list[bytes]:
+        reader = LogReader(manager, service_id, 1, stream="stdout", follow=False)
+        return [line.text async for batch in reader.batches() for line in batch]
+
+    async def all_captured() -> bool:
+        for service_id in services:
+            if len(await captured(service_id)) < 100:
+                return False
+        return True
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await all_captured():
+        assert asyncio.get_running_loop().time() < deadline, "the poll did not capture"
+        await asyncio.sleep(0.05)
+    for service_id in services:
+        assert await captured(service_id) == [b"%s line %d" % (service_id.encode(), n)
+                                              for n in range(100)]
+    await manager.close()

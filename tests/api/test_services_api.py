@@ -76,3 +76,41 @@ async def test_openapi_lists_the_services_endpoints(client: Client) -> None:
         assert method in paths[path], (path, method)
     logs = paths["/v1/services/{id}/logs"]["get"]["responses"]["200"]["content"]
     assert set(logs) == {"text/plain", "application/x-ndjson", "text/event-stream"}
+
+
+async def test_bodies_are_what_the_models_would_write(svc: Harness) -> None:
+    """The service bodies, serialized from the supervisor's records directly, are valid for
+    their models and byte for byte what the models write: a running service with a health
+    check, a stopped one with its last exit, the list, and a command's answer."""
+    from pydantic import BaseModel
+
+    from agent.api.services import Service, ServicePage, ServiceStatusBody
+    from tests.support.services import PYTHON, SERVER_APP
+
+    check = {"type": "http", "path": "/", "interval": 0.1, "timeout": 1, "threshold": 1}
+    checked = (await svc.deploy("checked", f"exec {PYTHON} server.py",
+                                files={"server.py": SERVER_APP}, health_check=check))["service_id"]
+    await svc.wait_state(checked, "running")
+    stopped = (await svc.deploy("stopped", "echo 'bye \"now\"' >&2; exec sleep 1000"))["service_id"]
+    await svc.wait_state(stopped, "running")
+    await svc.action(stopped, "stop", wait=True)
+
+    async def same_as_model(method: str, path: str, model: type[BaseModel]) -> dict[str, object]:
+        resp = await svc.client.request(method, path, headers=svc.headers)
+        assert resp.status == 200 and resp.content_type == "application/json"
+        body = await resp.read()
+        assert model.model_validate_json(body).model_dump_json().encode() == body
+        parsed: dict[str, object] = await resp.json()
+        return parsed
+
+    running = await same_as_model("GET", f"/v1/services/{checked}/status", ServiceStatusBody)
+    detail = running["health_detail"]
+    assert isinstance(detail, dict) and detail["last_checked_at"] is not None
+    gone = await same_as_model("GET", f"/v1/services/{stopped}/status", ServiceStatusBody)
+    last_exit = gone["last_exit"]
+    assert isinstance(last_exit, dict) and last_exit["reason"] == "stopped"
+    assert last_exit["signal"] == "SIGTERM" and last_exit["stderr_tail"] == ['bye "now"']
+    await same_as_model("GET", f"/v1/services/{checked}", Service)
+    await same_as_model("GET", "/v1/services", ServicePage)
+    await same_as_model("GET", "/v1/services?limit=1", ServicePage)
+    await same_as_model("POST", f"/v1/services/{stopped}/start?wait=true", ServiceStatusBody)

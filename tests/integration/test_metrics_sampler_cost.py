@@ -92,6 +92,10 @@ def test_without_kept_files_the_figures_are_the_same() -> None:
     """With no stat file kept open (descriptor budget 0) a service is measured all the same."""
     child = subprocess.Popen(["sleep", "600"])
     try:
+        # Once it sleeps its figures stay put (while it is still loading, two reads a moment
+        # apart can differ in memory and open files).
+        wait_until(lambda: psutil.Process(child.pid).status() == psutil.STATUS_SLEEPING,
+                   message="the child to sleep")
         service = ServiceProcess("svc_s", "s", "process", "running", child.pid)
         kept = ProcessTreeSampler()
         opened = ProcessTreeSampler(max_open_files=0)

@@ -198,6 +198,12 @@ class ProcessRuntime:
             return Adopted(alive=not self._watches[pid].exited.done())
         try:
             pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            # The leader died and was reaped (by init) while no agent watched it; what is
+            # left of its session is swept as after any end, or the run that replaces it
+            # would be a duplicate of an app still running.
+            await asyncio.to_thread(_kill_session, pid, start_ticks)
+            return Adopted(alive=False, status=_status_from_file(status_file))
         except OSError:
             return Adopted(alive=False, status=_status_from_file(status_file))
         stat = procfs.read_stat(pid)

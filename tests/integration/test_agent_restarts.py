@@ -107,6 +107,27 @@ async def _async(value: object) -> object:
     return value
 
 
+async def test_an_app_whose_wrapper_was_killed_and_reaped_while_the_agent_was_down_is_not_duplicated(
+        svc: Harness) -> None:
+    """The wrapper (session leader) of a run is killed and reaped, as init does, while the
+    agent is down; its app lives on in the session. The next agent sweeps that app before
+    the restart policy starts a new run: one copy of the app, never two."""
+    dep = await svc.deploy("orphaned", f"exec {PYTHON} app.py", files={"app.py": TICKER_APP},
+                           restart={"initial_delay": 0.1, "jitter": 0})
+    sid = dep["service_id"]
+    leader = (await svc.wait_state(sid, "running"))["pid"]
+    app = _app_pid(leader)
+    await svc.client.close()
+    os.kill(leader, signal.SIGKILL)
+    os.waitpid(leader, 0)  # this test process is the wrapper's parent: reap it, as init would
+    assert alive(app)
+    await svc.restart_agent()
+    status = await svc.wait_state(sid, "running", where=lambda s: s["pid"] != leader)
+    await eventually(lambda: _async(not alive(app)), message="the orphaned app to be killed")
+    assert [w.pid for w in wrappers_of(svc.state_dir)] == [status["pid"]]
+    assert len(session_of(status["pid"])) == 2  # the new wrapper and its app
+
+
 async def test_a_stored_pid_that_now_belongs_to_another_process_is_never_signalled(
         svc: Harness) -> None:
     """After the app died, its pid is given to an unrelated process: the agent neither adopts
@@ -197,7 +218,8 @@ async def test_a_restart_cut_short_after_its_run_ended_is_started_again(svc: Har
         await svc.wait_state(dep["service_id"], "running")
     await svc.client.close()
     for leader in [w.pid for w in wrappers_of(svc.state_dir)]:
-        os.kill(leader, signal.SIGKILL)
+        for proc in session_of(leader):  # the runs end whole, as the agent sweeps them
+            os.kill(proc.pid, signal.SIGKILL)
     await eventually(lambda: _async(not wrappers_of(svc.state_dir)), message="the runs to end")
     with _db(svc) as conn:  # what a kill -9 between the two steps leaves behind
         conn.execute("UPDATE services SET state = 'stopping', handle = NULL, desired_state = ?"

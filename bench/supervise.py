@@ -195,9 +195,14 @@ class Agent:
         return psutil.Process(self.proc.pid)
 
     def close(self) -> None:
+        """Delete every deployment (their apps would outlive the agent), then stop it."""
         with contextlib.suppress(Exception):
-            for dep in self.call("GET", "/v1/deployments?limit=500")["data"]:
-                self.call("DELETE", f"/v1/deployments/{dep['id']}")
+            for _ in range(20):  # pages of 500 (bounded, should a delete not take)
+                deployments = self.call("GET", "/v1/deployments?limit=500")["data"]
+                if not deployments:
+                    break
+                for dep in deployments:
+                    self.call("DELETE", f"/v1/deployments/{dep['id']}")
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(30)
         self.log.close()

@@ -22,22 +22,26 @@ def next_multiple(now: float, interval: float) -> float:
     return (math.floor(now / interval) + 1) * interval
 
 
-def _wake(future: asyncio.Future[None]) -> None:
+def _wake(loop: asyncio.AbstractEventLoop, future: asyncio.Future[float]) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(loop.time())
 
 
-async def sleep_until(when: float) -> None:
-    """Sleep until the running loop's clock reads ``when`` (at once if it is past).
+async def sleep_until(when: float) -> float:
+    """Sleep until the running loop's clock reads ``when`` (at once if it is past); return
+    the loop's time when the timer's callback ran.
 
     Unlike ``asyncio.sleep(when - loop.time())`` the timer is set for exactly ``when``, so
-    timers set for the same instant by different tasks fire in one loop iteration.
+    timers set for the same instant by different tasks fire in one loop iteration. The time
+    returned is taken in the timer's callback, before the tasks that the same instant wakes
+    run: how late the loop was, without the work that instant brings (the lag watcher's
+    measure).
     """
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-    handle = loop.call_at(when, _wake, future)
+    future: asyncio.Future[float] = loop.create_future()
+    handle = loop.call_at(when, _wake, loop, future)
     try:
-        await future
+        return await future
     finally:
         handle.cancel()
 

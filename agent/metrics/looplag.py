@@ -28,7 +28,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from agent.timers import next_multiple
+from agent.timers import next_multiple, sleep_until
 
 __all__ = ["ACTIVE_INTERVAL", "ACTIVE_SHARE", "BUSY_INTERVAL", "BUSY_LAG", "QUIET_INTERVAL",
            "next_interval", "watch_loop_lag"]
@@ -58,11 +58,9 @@ async def watch_loop_lag(record: Callable[[float], None], *,
     while True:
         expected = next_multiple(loop.time(), interval)
         started = loop.time()
-        fired = await _timer_fired(loop, expected)
-        # The lag is how late the timer's callback ran, not this task: timers due at the same
-        # instant (the shared grid) run their callbacks first, then the tasks they wake, so
-        # the periodic work of that instant is not counted as lag of the loop.
-        lag = fired - expected
+        # How late the timer's callback ran, not this task: the periodic work that the same
+        # instant of the shared grid wakes is not counted as lag of the loop.
+        lag = await sleep_until(expected) - expected
         record(lag)
         now = loop.time()
         cpu, used = cpu_clock(), cpu
@@ -76,15 +74,3 @@ def next_interval(lag: float, cpu_share: float) -> float:
         return BUSY_INTERVAL
     return ACTIVE_INTERVAL if cpu_share >= ACTIVE_SHARE else QUIET_INTERVAL
 
-
-def _timer_fired(loop: asyncio.AbstractEventLoop, when: float) -> asyncio.Future[float]:
-    """A future that gets the loop's time at which a timer set for ``when`` ran."""
-    future: asyncio.Future[float] = loop.create_future()
-
-    def fire() -> None:
-        if not future.done():
-            future.set_result(loop.time())
-
-    handle = loop.call_at(when, fire)
-    future.add_done_callback(lambda _: handle.cancel())
-    return future

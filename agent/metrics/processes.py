@@ -251,13 +251,13 @@ class ProcessTreeSampler:
         if isinstance(self._last_pid, LastPid):
             self._last_pid.close()
 
-    def _needs_scan(self, services: Sequence[ServiceProcess], monotonic: float) -> bool:
+    def _needs_scan(self, services: Sequence[ServiceProcess], monotonic: float,
+                    last_pid: int | None) -> bool:
         if self._last_scan is None or monotonic - self._last_scan >= self._full_rescan:
             return True
-        if monotonic - self._last_scan >= self._rescan:
-            last_pid = self._last_pid()
-            if last_pid is None or last_pid != self._last_pid_at_scan:
-                return True
+        if monotonic - self._last_scan >= self._rescan and (
+                last_pid is None or last_pid != self._last_pid_at_scan):
+            return True
         for service in services:
             if service.pid is not None and service.container_id is None:
                 known = self._members.get(service.service_id)
@@ -286,9 +286,11 @@ class ProcessTreeSampler:
         elapsed = monotonic - self._last_monotonic if self._last_monotonic is not None else 0.0
         table: dict[int, ProcStat] | None = None
         children: dict[int, list[int]] | None = None
-        if any(s.pid is not None for s in services) and self._needs_scan(services, monotonic):
-            # Read before the scan: a process created during it moves the pid for the next.
-            self._last_pid_at_scan = self._last_pid()
+        # Read before a scan: a process created during it moves the pid for the next one.
+        last_pid = self._last_pid()
+        if any(s.pid is not None for s in services) and self._needs_scan(services, monotonic,
+                                                                        last_pid):
+            self._last_pid_at_scan = last_pid
             table = scan_processes(Path(self._proc_root), self._table)
             self._table = table
             children = _children(table)

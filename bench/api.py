@@ -25,7 +25,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._agent_env import agent_env, free_port
 from bench._report import Row, Section, cpu_seconds, run_module
 
 HELLO_SERVER = textwrap.dedent("""
@@ -62,12 +62,6 @@ class Result:
     non_2xx: int
     requests: int = 0
     cpu_us: float = 0.0  # CPU time the server process spent per request
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 30) -> None:
@@ -146,19 +140,16 @@ def rss_mb(pid: int) -> float:
 
 def start_agent(workdir: Path, port: int, *, python: str = sys.executable,
                 event_loop: str | None = None) -> tuple[subprocess.Popen[bytes], Path]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DPLOYR_")}
+    env = agent_env(
+        workdir / "state",
+        DPLOYR_SERVER__LISTEN=f"127.0.0.1:{port}",
+        DPLOYR_ADMIN_EMAIL="bench@example.com",
+        DPLOYR_ADMIN_PASSWORD="bench-password-1",
+        # High enough never to refuse the benchmark; the limiter still runs on every request.
+        DPLOYR_RATELIMIT__AUTHENTICATED_PER_HOUR="10000000",
+    )
     if event_loop is not None:
         env["DPLOYR_SERVER__EVENT_LOOP"] = event_loop
-    env.update({
-        "DPLOYR_STATE__DIR": str(workdir / "state"),
-        "DPLOYR_SERVER__LISTEN": f"127.0.0.1:{port}",
-        # Each agent's built-in proxy on a port of its own (two agents run at once).
-        "DPLOYR_PROXY__LISTEN": f"127.0.0.1:{free_port()}",
-        "DPLOYR_ADMIN_EMAIL": "bench@example.com",
-        "DPLOYR_ADMIN_PASSWORD": "bench-password-1",
-        # High enough never to refuse the benchmark; the limiter still runs on every request.
-        "DPLOYR_RATELIMIT__AUTHENTICATED_PER_HOUR": "10000000",
-    })
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "agent.log"
     with log.open("wb") as out:

@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._agent_env import agent_env, free_port
 from bench._report import Row, Section
 
 HERE = Path(__file__).resolve().parent
@@ -63,12 +63,6 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.com", "GIT_COM
 EMAIL, PASSWORD = "bench@example.com", "bench-password-1"
 POLL = 0.01
 STAGES: dict[str, list[float]] = {}  # agent's stage durations in the timed first deploys
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def git(repo: Path, *args: str) -> None:
@@ -111,9 +105,8 @@ class Agent:
     def __init__(self, state: Path) -> None:
         self.state = state
         self.port, self.proxy_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DPLOYR_")}
-        env.update({"DPLOYR_STATE__DIR": str(state),
-                    "DPLOYR_SERVER__LISTEN": f"127.0.0.1:{self.port}",
+        env = agent_env(state)
+        env.update({"DPLOYR_SERVER__LISTEN": f"127.0.0.1:{self.port}",
                     "DPLOYR_PROXY__LISTEN": f"127.0.0.1:{self.proxy_port}",
                     "DPLOYR_DEPLOY__ALLOWED_SCHEMES": "file",
                     "DPLOYR_LOGGING__ACCESS_LOG": "false",

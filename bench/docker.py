@@ -31,8 +31,9 @@ from typing import Any
 
 import docker
 
+from bench._agent_env import free_port
 from bench._report import Row, Section, run_module
-from bench.supervise import Agent, free_port, pct, wait_for
+from bench.supervise import Agent, pct, wait_for
 
 IMAGE = "dployr-test/busybox:latest"
 

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import psutil
 
 if __package__ in (None, ""):  # run as a script (as its own child processes are)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._agent_env import agent_env, free_port
 from bench._report import Row, Section, run_module
 from bench._report import cpu_seconds as process_cpu_seconds
 
@@ -47,12 +47,6 @@ ADMIN_EMAIL = "bench@example.com"
 ADMIN_PASSWORD = "bench-password-123"
 GLANCES_PLUGINS = ("cpu", "percpu", "load", "mem", "memswap", "fs", "diskio", "network",
                    "processcount", "uptime", "processlist")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -141,9 +135,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pids_file = work / "pids"
     pids_file.write_text("\n".join(str(p.pid) for p in idle))
     agent_port, glances_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DPLOYR_")}
+    env = agent_env(work / "state")
     env.update({
-        "DPLOYR_STATE__DIR": str(work / "state"),
         "DPLOYR_METRICS__INTERVAL": str(args.interval),
         "DPLOYR_LOGGING__LEVEL": "warning",
         "DPLOYR_LOGGING__ACCESS_LOG": "false",

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,17 +42,12 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (as its own child processes are)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._agent_env import free_port
 from bench._report import Row, Section, render_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "bench.test"
 BODY = "hello, world\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, *, host: str | None = None, timeout: float = 30.0,

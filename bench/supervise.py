@@ -37,6 +37,7 @@ from typing import Any
 
 import psutil
 
+from bench._agent_env import agent_env, free_port
 from bench._report import Row, Section, cpu_seconds, run_module
 
 PYTHON = sys.executable
@@ -81,12 +82,6 @@ STAMPED = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_port(port: int, timeout: float = 30.0) -> float:
     """Poll until 127.0.0.1:port accepts; return the monotonic time it did."""
     deadline = time.monotonic() + timeout
@@ -126,9 +121,8 @@ class Agent:
     def __init__(self, work: Path, root: Path) -> None:
         self.port = free_port()
         self.state = work / "agent-state"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DPLOYR_")}
+        env = agent_env(self.state)
         env.update({
-            "DPLOYR_STATE__DIR": str(self.state),
             "DPLOYR_SERVER__LISTEN": f"127.0.0.1:{self.port}",
             "DPLOYR_ADMIN_EMAIL": "bench@example.com", "DPLOYR_ADMIN_PASSWORD": "bench-password",
             "DPLOYR_AUTH__HASH_TIME_COST": "1", "DPLOYR_AUTH__HASH_MEMORY_KIB": "64",

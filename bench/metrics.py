@@ -69,6 +69,7 @@ def serve(port: int, pids_file: Path) -> None:
     from aiohttp import web
 
     from agent.app import AdminSeed, create_app
+    from agent.cli import _loop_factory
     from agent.config import load_config
     from agent.logconfig import configure_logging
     from agent.metrics import ServiceProcess
@@ -81,8 +82,10 @@ def serve(port: int, pids_file: Path) -> None:
                                              "running", pid) for i, pid in enumerate(pids))
     app = create_app(config, admin=AdminSeed(ADMIN_EMAIL, ADMIN_PASSWORD),
                      service_source=services)
+    # On the event loop the agent itself would run (uvloop unless configured otherwise).
+    new_loop = _loop_factory(config.server.event_loop)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
-                handle_signals=True)
+                handle_signals=True, loop=new_loop() if new_loop is not None else None)
 
 
 # -- HTTP ----------------------------------------------------------------------------------------

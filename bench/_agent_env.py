@@ -25,10 +25,10 @@ def free_port() -> int:
 
 def agent_env(state: Path, **settings: str) -> dict[str, str]:
     """The environment for a benchmark's agent: this process's without its ``DPLOYR_*``
-    variables, the agent's state under ``state``, its built-in proxy on a free port, then
-    ``settings`` (full ``DPLOYR_`` names), which win."""
+    variables, the agent's state under ``state``, ``settings`` (full ``DPLOYR_`` names), and
+    its built-in proxy on a free port unless ``settings`` names one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DPLOYR_")}
     env["DPLOYR_STATE__DIR"] = str(state)
-    env["DPLOYR_PROXY__LISTEN"] = f"127.0.0.1:{free_port()}"
     env.update(settings)
+    env.setdefault("DPLOYR_PROXY__LISTEN", f"127.0.0.1:{free_port()}")
     return env

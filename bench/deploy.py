@@ -105,14 +105,14 @@ class Agent:
     def __init__(self, state: Path) -> None:
         self.state = state
         self.port, self.proxy_port = free_port(), free_port()
-        env = agent_env(state)
-        env.update({"DPLOYR_SERVER__LISTEN": f"127.0.0.1:{self.port}",
-                    "DPLOYR_PROXY__LISTEN": f"127.0.0.1:{self.proxy_port}",
-                    "DPLOYR_DEPLOY__ALLOWED_SCHEMES": "file",
-                    "DPLOYR_LOGGING__ACCESS_LOG": "false",
-                    "DPLOYR_RATELIMIT__ENABLED": "false",
-                    "DPLOYR_METRICS__DETECT_RUNTIMES": "false",
-                    "DPLOYR_ADMIN_EMAIL": EMAIL, "DPLOYR_ADMIN_PASSWORD": PASSWORD})
+        env = agent_env(state,
+                        DPLOYR_SERVER__LISTEN=f"127.0.0.1:{self.port}",
+                        DPLOYR_PROXY__LISTEN=f"127.0.0.1:{self.proxy_port}",
+                        DPLOYR_DEPLOY__ALLOWED_SCHEMES="file",
+                        DPLOYR_LOGGING__ACCESS_LOG="false",
+                        DPLOYR_RATELIMIT__ENABLED="false",
+                        DPLOYR_METRICS__DETECT_RUNTIMES="false",
+                        DPLOYR_ADMIN_EMAIL=EMAIL, DPLOYR_ADMIN_PASSWORD=PASSWORD)
         self.log = (state.parent / "agent.log").open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=ROOT,
                                         env=env, stdout=self.log, stderr=self.log)

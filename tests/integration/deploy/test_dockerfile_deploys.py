@@ -152,8 +152,15 @@ async def test_redeploys_switch_under_load_and_rollback_runs_the_old_image(
     assert failures == []
     assert {"v1", "v2"} <= set(seen) <= {"v0", "v1", "v2"} and sum(seen.values()) > 20, seen
     assert len(set(images)) == 3
-    # keep_releases = 1 keeps the current and the previous release: v0's tag is gone.
-    assert tags_of("swap") == {f"dployr/swap:{shas[1]}", f"dployr/swap:{shas[2]}"}
+    # keep_releases = 1 keeps the current and the previous release: v0's tag is gone. The
+    # prune runs right after the deploy is reported succeeded, so it is awaited, not assumed.
+    kept = {f"dployr/swap:{shas[1]}", f"dployr/swap:{shas[2]}"}
+
+    async def pruned() -> bool:
+        return await asyncio.to_thread(tags_of, "swap") == kept
+
+    await eventually(pruned, timeout=30, message="v0's release to be pruned")
+    assert tags_of("swap") == kept
     assert image_id(images[0]) is None
     containers = docker("ps", "-q", "--filter", f"label=dployr.service={dep['service_id']}")
     assert len(containers.split()) == 1  # every replaced container was stopped

@@ -229,6 +229,11 @@ async def test_rebuilding_one_commit_moves_its_tag_and_pruning_removes_the_old_i
         assert done["status"] == "succeeded", done["status_detail"]
         images.append(done["image_id"])
     assert len(set(images)) == 3
+
+    async def pruned() -> bool:  # the prune runs right after the deploy is reported succeeded
+        return await asyncio.to_thread(image_id, images[0]) is None
+
+    await eventually(pruned, timeout=30, message="the first release's image to be removed")
     assert tags_of("again") == {f"dployr/again:{repo.head()}"}
     assert image_id(f"dployr/again:{repo.head()}") == images[2]
     assert image_id(images[0]) is None  # pruned: removed although it had no tag left
